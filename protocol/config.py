@@ -1,0 +1,107 @@
+"""Loading a process's settings from `ASH_*` environment variables, one frozen Struct each.
+
+Pure helper shared by the composition roots: `load(StructType, environ, known_elsewhere)`
+turns `ASH_FIELD_NAME=value` into the Struct's `field_name`, coercing strings to the field
+types, and fails on an `ASH_*` name that no process knows (a typo must not be ignored).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+PREFIX = "ASH_"
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a value of the wrong type."""
+
+
+def env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def load(
+    type_: type[T],
+    environ: Mapping[str, str],
+    known_elsewhere: Iterable[str] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> T:
+    """Build `type_` from `ASH_*` variables in `environ` (plus `extra` values).
+
+    Raises:
+        ConfigError: an `ASH_*` variable is neither a field of `type_` nor in
+            `known_elsewhere`, or a value does not convert to its field's type.
+    """
+    fields = {env_name(f): f for f in type_.__struct_fields__}
+    ignored = set(known_elsewhere)
+    values: dict[str, Any] = dict(extra or {})
+    for key, value in environ.items():
+        if not key.startswith(PREFIX):
+            continue
+        if key in fields:
+            values[fields[key]] = value
+        elif key not in ignored:
+            close = difflib.get_close_matches(key, [*fields, *ignored], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"unknown setting {key}{hint}")
+    try:
+        return msgspec.convert(values, type_, strict=False)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"bad setting: {e}") from e
+
+
+# Every ASH_* variable any Ash process reads. A process ignores the others' settings, so one
+# env file can serve a whole machine; a name outside this set is a typo. A test keeps this
+# set equal to the union of the processes' config fields.
+ALL_SETTINGS: frozenset[str] = frozenset(
+    {
+        # shared
+        "ASH_HOME",
+        "ASH_NATS_URL",
+        "ASH_LOG_LEVEL",
+        # coordinator
+        "ASH_HOST",
+        "ASH_PORT",
+        "ASH_DATABASE_URL",
+        "ASH_MAX_BUNDLE_MB",
+        "ASH_CREATE_TIMEOUT_S",
+        "ASH_TURN_TIMEOUT_S",
+        "ASH_KEEPALIVE_S",
+        "ASH_RUNNER_TTL_S",
+        "ASH_SESSION_TTL_S",
+        "ASH_IDLE_PAUSE_S",
+        "ASH_REAP_INTERVAL_S",
+        # runner
+        "ASH_RUNNER_ID",
+        "ASH_RUNNER_DIR",
+        "ASH_CLI",
+        "ASH_MODEL_BASE_URL",
+        "ASH_SCRIPTED_MODEL",
+        "ASH_MAX_SESSIONS",
+        "ASH_ADVERT_INTERVAL_S",
+        "ASH_DRAIN_TIMEOUT_S",
+        "ASH_MEMORY_MB",
+        "ASH_PIDS",
+        "ASH_CPU_PERCENT",
+        "ASH_SANDBOX_NET",
+        "ASH_EGRESS_PORT",
+        "ASH_NET_SUBNET",
+        "ASH_NET_PREFIX",
+        "ASH_DISK_MB",
+        "ASH_TMP_MB",
+        "ASH_POOL_WARM_MAX",
+        "ASH_POOL_GENERIC",
+        "ASH_POOL_IDLE_S",
+        "ASH_SNAPSHOT_DEBOUNCE_S",
+        "ASH_SNAPSHOT_MAX_MB",
+        # client
+        "ASH_URL",
+        "ASH_API_KEY",
+    }
+)

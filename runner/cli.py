@@ -1,0 +1,34 @@
+"""`python -m runner` / `ash-runner`: run one runner, configured by ASH_* env."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import uvloop
+
+from protocol.config import ConfigError
+from runner import daemon
+from runner.config import from_env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ash-runner", description=__doc__)
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "check-config"])
+    args = parser.parse_args(argv)
+    try:
+        config = from_env(os.environ)
+    except ConfigError as e:
+        print(f"ash-runner: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "check-config":
+        print(config.id, config.data_dir, config.cli)
+        return 0
+    uvloop.run(daemon.serve(config))
+    return 0
