@@ -64,16 +64,10 @@ ROUTES: tuple[Route, ...] = (
           body=api.SendMessageRequest, response="text/event-stream",
           errors=(400, 404, 409, 410, 422, 503)),
     Route("GET", "/api/sessions/{id}/events", turns.stream_events,
-          "Re-attach to the session's events after Last-Event-ID (or ?after=N), then follow",
-          response="text/event-stream", errors=(400, 404, 422),
-          query=(("after", "integer", False), ("follow", "string", False))),
-    Route("POST", "/api/sessions/{id}/interrupt", turns.interrupt, "Stop the running turn",
-          response=api.InterruptResult, errors=(404, 409, 410, 503)),
-    Route("GET", "/api/sessions/{id}/events", turns.stream_events,
           "Re-attach to the session's events as SSE: with Last-Event-ID (or after=N) exactly "
           "those with seq > N, then live; without, the running turn from its start. "
           "follow=turn (default) ends after the first done; follow=session goes on across turns",
-          response="text/event-stream", errors=(400, 404),
+          response="text/event-stream", errors=(400, 404, 422),
           query=(("after", "integer", False), ("follow", "string", False))),
     Route("POST", "/api/sessions/{id}/interrupt", turns.interrupt,
           "Stop the running turn (its done event says interrupted); answers once the turn "
@@ -112,5 +106,9 @@ ROUTES: tuple[Route, ...] = (
 
 
 def add_routes(app: web.Application) -> None:
+    seen = [(r.method, r.path) for r in ROUTES]
+    if len(set(seen)) != len(seen):
+        dups = sorted({k for k in seen if seen.count(k) > 1})
+        raise ValueError(f"routes listed twice: {dups}")
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)

@@ -247,5 +247,6 @@ async def test_openapi_describes_every_route(e2e: E2E) -> None:
     from coordinator.api.routes import ROUTES
 
     assert ops == {(r.method, r.path) for r in ROUTES}
+    assert len(ROUTES) == len(ops), "a route is listed twice"
     assert "SessionView" in doc["components"]["schemas"]
     assert health["status"] == "ok" and health["nats"] and health["runners"] == 1
