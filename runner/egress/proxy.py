@@ -246,6 +246,11 @@ class EgressProxy:
             await self._answer_error(conn, e.status, e.reason, model)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except RuntimeError as e:
+            # uvloop raises RuntimeError, not ConnectionError, on a write to a transport that
+            # closed under us (either end went away mid-body): the same event, end quietly.
+            if "handler is closed" not in str(e):
+                raise
 
     async def _exchange(self, conn: _Conn, head: Head, grant: Grant, model: bool) -> bool:
         """Handle one request; True if the connection may carry another."""
