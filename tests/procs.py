@@ -79,9 +79,11 @@ class Stack:
     def start_coordinator(self, name: str = "coordinator", **env: str) -> Proc:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        return self.spawn(name, "coordinator", clean_env(
-            ASH_NATS_URL=self.nats_url, ASH_PORT=str(port), ASH_HOME=str(self.tmp / "home"),
-            ASH_DATABASE_URL=f"sqlite:///{self.tmp / 'ash.db'}", ASH_LOG_LEVEL="INFO", **env))
+        # `env` may replace the defaults (ASH_DATABASE_URL=postgres://... for a shared Postgres).
+        return self.spawn(name, "coordinator", clean_env(**{
+            "ASH_NATS_URL": self.nats_url, "ASH_PORT": str(port),
+            "ASH_HOME": str(self.tmp / "home"), "ASH_LOG_LEVEL": "INFO",
+            "ASH_DATABASE_URL": f"sqlite:///{self.tmp / 'ash.db'}", **env}))
 
     def start_runner(self, name: str = "runner", **env: str) -> Proc:
         # Runners on one machine need their own slot subnet and namespace names, also across

@@ -2,6 +2,9 @@
 
     async with open_store("sqlite:///var/lib/ash/ash.db") as store:
         agent = await store.upsert_agent("echo", digest, files, size, now)
+
+SQLite is the embedded default (one coordinator); Postgres lets any number of coordinators
+share one database. Both run the same migrations and pass the same test-suite.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from coordinator.store.base import (
     Unset,
 )
 from coordinator.store.migrations import MIGRATIONS, Migration
+from coordinator.store.postgres import DEFAULT_POOL_SIZE, PostgresStore
 from coordinator.store.sqlite import MEMORY, SQLiteStore
 
 __all__ = [
@@ -28,6 +32,7 @@ __all__ = [
     "UNSET",
     "MessageRow",
     "Migration",
+    "PostgresStore",
     "Role",
     "SQLiteStore",
     "SchemaTooNewError",
@@ -40,13 +45,20 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, migrations: Sequence[Migration] = MIGRATIONS) -> Store:
+def open_store(
+    url: str,
+    *,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    pool_size: int = DEFAULT_POOL_SIZE,
+) -> Store:
     """The store for `url`, not yet connected: enter it (`async with`) to connect and migrate.
 
     - `sqlite:///abs/path.db`: a SQLite file at the absolute path `/abs/path.db`
       (`sqlite://` followed by the path);
     - `sqlite:///:memory:`: a private in-memory database, gone on close;
-    - `postgres://...` / `postgresql://...`: not implemented yet.
+    - `postgres://user:password@host:5432/db` (or `postgresql://`): a Postgres database, any
+      libpq URL asyncpg accepts (`?sslmode=require`, several hosts, ...), through a pool of
+      at most `pool_size` connections. SQLite has one connection and ignores `pool_size`.
 
     `migrations` is for tests; the default is the schema this code ships.
     """
@@ -55,10 +67,7 @@ def open_store(url: str, *, migrations: Sequence[Migration] = MIGRATIONS) -> Sto
         case "sqlite":
             return SQLiteStore(_sqlite_path(url), migrations=migrations)
         case "postgres" | "postgresql":
-            # The URL is not echoed: it may hold a password.
-            raise NotImplementedError(
-                "the Postgres store is not implemented yet; use a sqlite:/// URL for now"
-            )
+            return PostgresStore(url, migrations=migrations, pool_size=pool_size)
         case _:
             raise ValueError(
                 f"unsupported store URL scheme {scheme!r}; expected sqlite:///abs/path.db, "

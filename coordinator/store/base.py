@@ -1,12 +1,15 @@
 """The persistence seam: the `Store` Protocol every backend implements, and its errors.
 
-The coordinator talks to the database only through `Store`. Backends (SQLite today, Postgres
-later) implement it with the same behaviour and are held to it by one shared test-suite.
+The coordinator talks to the database only through `Store`. Backends (SQLite, Postgres)
+implement it with the same behaviour and are held to it by one shared test-suite.
 
 Rules every backend keeps:
 
 - Times are float epoch seconds passed in by the caller as `now`; a store never reads the clock.
-- Every public method is one short transaction.
+- Every public method is one short transaction, and correct with other processes writing the
+  same database at once (coordinators sharing Postgres).
+- Text orders by code point (SQLite's BINARY, Postgres's "C" collation), whatever the
+  database's locale.
 - JSON columns (`sessions.options`, `messages.content`) round-trip through msgspec.
 - Sessions keep their agent's name as plain text: deleting an agent leaves its sessions and
   their history alone.

@@ -1,20 +1,24 @@
-"""Versioned schema migrations, shared by every backend.
+"""Versioned schema migrations, one list for every backend.
 
 `MIGRATIONS` is an append-only list of (version, name, SQL). A backend applies the ones newer
-than the database's version, in order, inside one transaction, and records each in
-`schema_migrations`. A database whose version is newer than the code's refuses to open
-(`SchemaTooNewError`): old code must not write into a schema it does not understand.
+than the database's version, in order, inside one transaction, and records each in the
+schema-version table `schema_migrations`. A database whose version is newer than the code's
+refuses to open (`SchemaTooNewError`): old code must not write into a schema it does not
+understand. Several processes may open one database at once (coordinators sharing Postgres):
+each backend makes migrating exclusive (SQLite: `BEGIN IMMEDIATE`; Postgres: a transaction
+advisory lock), so exactly one applies a migration and the others find it applied.
 
 Rules for adding one: append with the next version; never edit or renumber a released one.
-The SQL must run on SQLite and Postgres alike (TEXT, INTEGER, BIGINT, DOUBLE PRECISION,
-CHECK, `CREATE INDEX IF NOT EXISTS`); JSON lives in TEXT columns. If a change truly needs
-per-dialect SQL, give `Migration` a per-dialect field then, not before.
+Write `sql` to run on SQLite and Postgres alike (TEXT, INTEGER, BIGINT, DOUBLE PRECISION,
+CHECK, `CREATE INDEX IF NOT EXISTS`); JSON lives in TEXT columns. Where the dialects truly
+differ, put that dialect's whole SQL in `dialects` (see `sql_for`); the step stays one version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal, TypeAlias
 
 from coordinator.store.base import SchemaTooNewError
 
@@ -29,22 +33,41 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 it is for operators only and never read back by the code."""
 
 
+Dialect: TypeAlias = Literal["sqlite", "postgres"]
+DIALECTS: Final[frozenset[str]] = frozenset({"sqlite", "postgres"})
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One schema step. `sql` may hold several statements separated by `;`."""
+    """One schema step. `sql` may hold several statements separated by `;`.
+
+    `dialects` maps a dialect to the SQL that replaces `sql` on it, for the steps where SQLite
+    and Postgres cannot share one text.
+    """
 
     version: int
     name: str
     sql: str
+    dialects: Mapping[Dialect, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.dialects) - DIALECTS
+        if unknown:
+            raise ValueError(f"migration {self.name!r}: unknown dialects {sorted(unknown)}")
+
+    def sql_for(self, dialect: Dialect) -> str:
+        """The SQL this step runs on `dialect`."""
+        return self.dialects.get(dialect, self.sql)
 
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
-        1,
-        "initial",
-        """
+# Text that is compared or ordered (names, ids) sorts by code point on every backend, as
+# SQLite's default BINARY collation does. A Postgres database's default collation follows its
+# locale (en_US sorts "B" between "ab" and "é", and ignores "-" at first), so Postgres names
+# the "C" collation (byte order of UTF-8 = code point order) on those columns; their indexes
+# then serve the ORDER BYs as they are.
+_INITIAL = """
         CREATE TABLE agents (
-            name        TEXT PRIMARY KEY,
+            name        {key} PRIMARY KEY,
             digest      TEXT NOT NULL,
             version     INTEGER NOT NULL,
             files       INTEGER NOT NULL,
@@ -55,8 +78,8 @@ MIGRATIONS: tuple[Migration, ...] = (
 
         -- `agent` is plain text, not a foreign key: deleting an agent keeps its sessions.
         CREATE TABLE sessions (
-            id                 TEXT PRIMARY KEY,
-            agent              TEXT NOT NULL,
+            id                 {key} PRIMARY KEY,
+            agent              {key} NOT NULL,
             agent_digest       TEXT NOT NULL,
             status             TEXT NOT NULL
                 CHECK (status IN ('starting', 'active', 'paused', 'ended', 'error')),
@@ -73,7 +96,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX IF NOT EXISTS sessions_by_agent ON sessions (agent, created_at, id);
 
         CREATE TABLE messages (
-            session_id  TEXT NOT NULL REFERENCES sessions (id),
+            session_id  {key} NOT NULL REFERENCES sessions (id),
             seq         BIGINT NOT NULL CHECK (seq > 0),
             turn_id     TEXT NOT NULL,
             role        TEXT NOT NULL CHECK (role IN ('user', 'assistant', 'tool', 'result')),
@@ -81,7 +104,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             created_at  DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (session_id, seq)
         );
-        """,
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial",
+        _INITIAL.replace("{key}", "TEXT"),
+        {"postgres": _INITIAL.replace("{key}", 'TEXT COLLATE "C"')},
     ),
 )
 

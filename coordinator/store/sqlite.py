@@ -87,9 +87,13 @@ class SQLiteStore:
         """Connect, set the pragmas and apply pending migrations."""
         if self._closed or self._db is not None:
             raise StoreError(f"{self!r} cannot be opened again")
+        connecting = aiosqlite.connect(self.path, isolation_level=None)
         try:
-            db = await aiosqlite.connect(self.path, isolation_level=None)
+            db = await connecting
         except sqlite3.Error as e:
+            # aiosqlite stops its worker thread without waiting for it; wait here, or the
+            # thread reports its stop to this event loop after the loop has closed.
+            await asyncio.to_thread(connecting._thread.join, 5.0)
             raise StoreError(f"cannot open SQLite database at {self.path!r}: {e}") from e
         try:
             await self._configure(db)
@@ -130,7 +134,7 @@ class SQLiteStore:
             )
             todo = pending(rows[0][0], self._migrations)
             for migration in todo:
-                for statement in split_statements(migration.sql):
+                for statement in split_statements(migration.sql_for("sqlite")):
                     await db.execute(statement)
                 await db.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",

@@ -2,12 +2,14 @@
 
 Every test takes `store` (an open store on a fresh, empty database) or `store_url` (the URL of
 one, for tests that open and reopen it). To run the suite against another backend, add one
-line to `BACKENDS`: the backend's name and the fixture that yields a fresh database's URL.
+line to `BACKENDS`: the backend's name and the fixture that yields a fresh database's URL
+(`postgres_url` is in conftest.py: a database of its own on a real local Postgres).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -27,7 +29,7 @@ from protocol.api import AgentView, MessageView, SessionView
 
 BACKENDS = {
     "sqlite": "sqlite_url",
-    # "postgres": "postgres_url",
+    "postgres": "postgres_url",
 }
 
 T0 = 1_700_000_000.0
@@ -483,7 +485,99 @@ async def test_concurrent_appends_all_land(store: Store) -> None:
     assert view is not None and view.last_seq == 50
 
 
+# -- ordering -------------------------------------------------------------------------------
+
+# Code point order: uppercase before lowercase, " " < "-" < letters, "é" after "z". A
+# database whose collation follows a language (en: "a", "a b", "a-b", "ab", "B", ...) differs.
+NAMES = ["ab", "a-b", "B", "a", "a b", "é", "z", "Z", "a1", "A"]
+
+
+async def test_text_orders_by_code_point_on_every_backend(store: Store) -> None:
+    for name in NAMES:
+        await store.upsert_agent(name, DIGEST_A, 1, 1, T0)
+        await make_session(store, name, agent="echo", now=T0)  # one created_at: ties by id
+
+    assert [a.name for a in await store.list_agents()] == sorted(NAMES)
+    assert [s.id for s in await store.list_sessions()] == sorted(NAMES, reverse=True)
+    assert [s.id for s in await store.list_sessions(agent="echo", limit=3)] == sorted(
+        NAMES, reverse=True
+    )[:3]
+    assert [s.id for s in await store.sessions_with_status(["starting"])] == sorted(NAMES)
+
+
+# -- several processes on one database --------------------------------------------------------
+
+
+async def test_two_stores_on_one_database_share_it(store_url: str) -> None:
+    # Two coordinators: what one writes the other reads, a compare-and-set has one winner
+    # across both, and replays of one batch in opposite orders land each row once.
+    async with open_store(store_url) as one, open_store(store_url) as two:
+        agent = await one.upsert_agent("echo", DIGEST_A, 1, 1, T0)
+        assert await two.get_agent("echo") == agent
+        await make_session(two, "s1")
+        await one.transition("s1", {"starting"}, "active", T0)
+
+        results = await asyncio.gather(
+            *(store.transition("s1", {"active"}, "paused", T0 + i)
+              for i, store in enumerate([one, two] * 5))
+        )
+        rows: list[Any] = [(seq, "t1", "assistant", seq) for seq in range(1, 1001)]
+        counts = await asyncio.gather(
+            *(store.append_messages("s1", batch, T0)
+              for store, batch in [(one, rows), (two, rows[::-1])] * 3)
+        )
+
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        assert sum(counts) == 1000
+        assert [m.seq for m in await one.list_messages("s1")] == list(range(1, 1001))
+        view = await two.get_session("s1")
+        assert view is not None and (view.status, view.last_seq) == ("paused", 1000)
+
+
 # -- lifecycle and migrations ---------------------------------------------------------------
+
+
+async def test_stores_opened_at_once_migrate_the_database_exactly_once(store_url: str) -> None:
+    # Coordinators sharing a database start together. Neither step below may run twice: the
+    # seed would break the primary key, and the bump would make files 2.
+    seed = Migration(
+        len(MIGRATIONS) + 1,
+        "seed",
+        f"INSERT INTO agents (name, digest, version, files, size, created_at, updated_at) "
+        f"VALUES ('seeded', '{DIGEST_A}', 1, 0, 0, {T0}, {T0})",
+    )
+    bump = Migration(len(MIGRATIONS) + 2, "bump_files", "UPDATE agents SET files = files + 1")
+    migrations = [*MIGRATIONS, seed, bump]
+
+    async with contextlib.AsyncExitStack() as stack:
+        stores = await asyncio.gather(
+            *(stack.enter_async_context(open_store(store_url, migrations=migrations))
+              for _ in range(4))
+        )
+        agents = await asyncio.gather(*(s.get_agent("seeded") for s in stores))
+
+    assert [a.files if a else None for a in agents] == [1, 1, 1, 1]
+
+
+async def test_a_migration_runs_the_sql_of_its_dialect(store_url: str) -> None:
+    dialect = "sqlite" if store_url.startswith("sqlite") else "postgres"
+    step = Migration(
+        len(MIGRATIONS) + 1,
+        "per_dialect",
+        "UPDATE agents SET files = 100",
+        {"postgres": "UPDATE agents SET files = 200"},
+    )
+    async with open_store(store_url) as store:
+        await store.upsert_agent("echo", DIGEST_A, 1, 1, T0)
+
+    async with open_store(store_url, migrations=[*MIGRATIONS, step]) as store:
+        agent = await store.get_agent("echo")
+
+    assert agent is not None
+    assert agent.files == {"sqlite": 100, "postgres": 200}[dialect]
+
+
 
 
 async def test_reopening_keeps_the_data(store_url: str) -> None:

@@ -55,3 +55,22 @@ def test_an_empty_list_brings_nothing_and_refuses_any_version() -> None:
 def test_a_malformed_list_is_refused(migrations: list[Migration]) -> None:
     with pytest.raises(ValueError):
         pending(0, migrations)
+
+
+def test_a_step_runs_its_dialects_sql_and_the_shared_sql_elsewhere() -> None:
+    step = Migration(1, "x", "SELECT 1", {"postgres": "SELECT 2"})
+
+    assert (step.sql_for("sqlite"), step.sql_for("postgres")) == ("SELECT 1", "SELECT 2")
+    assert (ONE.sql_for("sqlite"), ONE.sql_for("postgres")) == (ONE.sql, ONE.sql)
+
+
+def test_a_step_refuses_an_unknown_dialect() -> None:
+    with pytest.raises(ValueError, match="mysql"):
+        Migration(1, "x", "SELECT 1", {"mysql": "SELECT 2"})  # type: ignore[dict-item]
+
+
+def test_the_initial_schema_differs_between_dialects_only_in_collation() -> None:
+    initial = MIGRATIONS[0]
+
+    assert 'COLLATE "C"' not in initial.sql_for("sqlite")
+    assert initial.sql_for("postgres").replace(' COLLATE "C"', "") == initial.sql_for("sqlite")
