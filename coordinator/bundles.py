@@ -13,7 +13,7 @@ import posixpath
 import tarfile
 from dataclasses import dataclass
 
-from protocol.agentconf import AgentConfigError, parse_agent_config
+from protocol.agentconf import AgentConfig, AgentConfigError, parse_agent_config
 
 
 class BundleRejected(Exception):
@@ -78,3 +78,24 @@ def _check_agent_config(tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         parse_agent_config(f.read())
     except AgentConfigError as e:
         raise BundleRejected(422, str(e)) from e
+
+
+def agent_config(data: bytes) -> AgentConfig:
+    """The `ash.toml` of a bundle `inspect` accepted (the defaults when it has none), for
+    placement: its limits and required runner labels.
+
+    Raises:
+        BundleRejected: the bundle or its ash.toml cannot be read.
+    """
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for m in tar:
+                if m.isfile() and posixpath.normpath(m.name) == "ash.toml":
+                    f = tar.extractfile(m)
+                    assert f is not None
+                    return parse_agent_config(f.read(1024 * 1024 + 1))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise BundleRejected(400, f"the bundle cannot be read ({e})") from e
+    except AgentConfigError as e:
+        raise BundleRejected(422, str(e)) from e
+    return AgentConfig()

@@ -7,6 +7,9 @@ its entry and is gone at once.
 
 `loaded` is set once the watch has delivered the registry's current entries: before that, an
 empty view means "not read yet", not "no runners" (the reaper waits for it).
+
+Placement (`coordinator.placer`) reads `snapshot()` for every session it places: each advert
+carries the runner's capacity, commitments, warm pools and labels (`protocol.runners`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@
     policy = "allowlist"     # "allowlist" | "none" | "open"
     allow = ["api.example.com", "*.example.org:8443"]
 
+    [placement]
+    labels = { zone = "a" }  # only runners started with each of these labels (ASH_RUNNER_LABELS)
+
 It is config, so unknown keys are errors (STYLE rule 6): a typo such as `memroy_mb` must not
 be silently ignored. `parse_agent_config` is pure and lives here, in `protocol`, so that the
 coordinator can refuse a bad file at deploy time with the same message a runner would give.
@@ -26,6 +29,8 @@ import tomllib
 from typing import Annotated, Literal
 
 import msgspec
+
+from protocol.runners import LABEL_KEY, LABEL_VALUE
 
 FILE_NAME = "ash.toml"
 MAX_BYTES = 64 * 1024
@@ -66,12 +71,23 @@ class AgentNetwork(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     allow: tuple[Host, ...] = ()
 
 
+LabelKey = Annotated[str, msgspec.Meta(pattern=LABEL_KEY)]
+LabelValue = Annotated[str, msgspec.Meta(pattern=LABEL_VALUE)]
+
+
+class AgentPlacement(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """`[placement]`: which runners may hold this agent's sandboxes."""
+
+    labels: dict[LabelKey, LabelValue] = {}
+
+
 class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The whole `ash.toml`; an agent without one gets `AgentConfig()`."""
 
     limits: AgentLimits = AgentLimits()
     pool: AgentPool = AgentPool()
     network: AgentNetwork = AgentNetwork()
+    placement: AgentPlacement = AgentPlacement()
 
 
 class AgentConfigError(ValueError):
@@ -104,8 +120,12 @@ def parse_agent_config(text: str | bytes) -> AgentConfig:
 
 
 _UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`(?: - at `\$\.?(.*)`)?$")
-_AT = re.compile(r"^(.*) - at `\$\.?(.*)`$")
-_HOST_REGEX = re.compile(r"matching regex '.*'$")
+_AT = re.compile(r"^(.*) - at `(key` in `)?\$\.?(.*)`$")
+_REGEX = re.compile(r"matching regex '.*'$")
+_PATTERNS = {  # what a value that misses its pattern should look like, by table
+    "network": "that is a host name such as api.example.com or *.example.com:443",
+    "placement": "that is a label: letters, digits and '._-' (keys also '/'), at most 63",
+}
 
 
 def _readable(message: str) -> str:
@@ -115,9 +135,12 @@ def _readable(message: str) -> str:
         where = f" in [{table}]" if table else " at the top level"
         return f"unknown key `{key}`{where}"
     if m := _AT.match(message):
-        problem, path = m.groups()
-        problem = _HOST_REGEX.sub("that is a host name such as api.example.com or *.example.com:443",
-                                  problem.replace(" | null", ""))
+        problem, of_key, path = m.groups()
         table, _, key = path.partition(".")
+        problem = problem.replace(" | null", "")
+        if table in _PATTERNS:
+            problem = _REGEX.sub(_PATTERNS[table], problem)
+        if of_key:
+            key = f"{key} (a key)"
         return f"[{table}] {key}: {problem}" if key else f"[{table}]: {problem}"
     return message

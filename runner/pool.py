@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from protocol.commands import SessionOptions
+from protocol.runners import Resources
 from runner.agentconf import Agent
 from runner.metrics import RunnerMetrics
 from runner.pool_policy import (
@@ -181,6 +182,7 @@ class WarmPool(Generic[SlotT, R]):
         self._making = 0  # fresh slots being made
         self._agents: dict[str, _AgentPool[SlotT, R]] = {}
         self._claimed = 0
+        self._claimed_limits = Resources()  # summed over the claimed sandboxes
         self._ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._wake_timer: asyncio.TimerHandle | None = None
@@ -266,7 +268,7 @@ class WarmPool(Generic[SlotT, R]):
                 if not self._factory.alive(w.ready):
                     self._retire(w, "dead")
                     continue
-                self._claimed += 1
+                self._claim(request.agent, +1)
                 self._m.pool_hits.inc()
                 self._gauges()
                 return Lease(w.ready, w.slot, request, warm=True)
@@ -274,7 +276,7 @@ class WarmPool(Generic[SlotT, R]):
         else:
             reason = "options" if request.key != pool.key else "disabled"
         self._m.pool_misses.labels(reason).inc()
-        self._claimed += 1
+        self._claim(request.agent, +1)
         self._gauges()
         slot: SlotT | None = None
         try:
@@ -286,7 +288,7 @@ class WarmPool(Generic[SlotT, R]):
             slot = await self._take_slot(request.agent.settings.disk_mb)
             ready = await self._factory.start(slot, request)
         except BaseException:
-            self._claimed -= 1
+            self._claim(request.agent, -1)
             self._gauges()
             if slot is not None:
                 self._start(self._cleanup, self._return_slot(slot), "return-slot")
@@ -295,7 +297,7 @@ class WarmPool(Generic[SlotT, R]):
 
     async def release(self, lease: Lease[SlotT, R]) -> None:
         """Stop a claimed sandbox (awaited) and recycle its slot (in the background)."""
-        self._claimed -= 1
+        self._claim(lease.request.agent, -1)
         try:
             await asyncio.shield(self._factory.stop(lease.ready))
         finally:
@@ -315,11 +317,27 @@ class WarmPool(Generic[SlotT, R]):
                      for name, p in self._agents.items() for w in p.entries)
         return PoolState(self.capacity, self._claimed, agents, warm)
 
+    def committed(self) -> Resources:
+        """The memory and CPU limits of every sandbox held: claimed, warm and warming (for the
+        runner's advert; placement counts them against the runner's capacity)."""
+        memory, cpu = self._claimed_limits.memory_mb, self._claimed_limits.cpu_percent
+        for p in self._agents.values():
+            n = len(p.entries) + p.warming
+            memory += n * p.agent.settings.memory_mb
+            cpu += n * p.agent.settings.cpu_percent
+        return Resources(memory_mb=memory, cpu_percent=cpu)
+
     def warm_counts(self) -> dict[str, int]:
         """Warm sandboxes by agent name (for the runner's advert)."""
         return {name: len(p.entries) for name, p in self._agents.items() if p.entries}
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _claim(self, agent: Agent, n: int) -> None:
+        self._claimed += n
+        c = self._claimed_limits
+        self._claimed_limits = Resources(memory_mb=c.memory_mb + n * agent.settings.memory_mb,
+                                         cpu_percent=c.cpu_percent + n * agent.settings.cpu_percent)
 
     async def _warm_up(self, pool: _AgentPool[SlotT, R]) -> None:
         slot: SlotT | None = None

@@ -154,8 +154,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     server = start_nats(tmp / "nats", log_path=tmp / "nats.log")
     stack = Stack(tmp, server.url)
     try:
-        stack.start_coordinator()
-        # Placement prefers the runner with the most free slots: sessions land on rs-a.
+        # Spread over the emptiest runner, with no random pick: a new runner (the victims below,
+        # with 200 slots) is where the next session lands.
+        stack.start_coordinator(ASH_PLACEMENT="spread", ASH_PLACEMENT_CHOICES="1")
         stack.start_runner("rs-a", ASH_MAX_SESSIONS="16", **RUNNER_ENV)
         stack.start_runner("rs-b", ASH_MAX_SESSIONS="8", **RUNNER_ENV)
         stack.wait_ready(runners=2)
@@ -281,7 +282,7 @@ async def test_a_fork_has_the_workspace_and_conversation_and_both_go_on_independ
 
 
 async def start_victim(rig: Rig, name: str, **env: str) -> Proc:
-    """A runner that placement prefers (the most free slots), to be killed."""
+    """A runner that placement prefers (the emptiest, with the most free slots), to be killed."""
     proc = rig.stack.start_runner(name, **{**RUNNER_ENV, "ASH_MAX_SESSIONS": "200", **env})
     kv = await rig.nc.jetstream().key_value(subjects.RUNNERS_BUCKET)
     deadline = time.monotonic() + 60

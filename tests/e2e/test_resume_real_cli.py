@@ -35,7 +35,7 @@ from tests.procs import ROOT, Stack, clean_env, free_port
 
 pytestmark = pytest.mark.e2e
 
-RUNNERS = {"rc-a": "8", "rc-b": "4"}  # max sessions: placement prefers rc-a
+RUNNERS = {"rc-a": "8", "rc-b": "4"}  # max sessions: spread placement prefers rc-a
 
 
 @dataclass
@@ -56,7 +56,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
         )
     stack = Stack(tmp, server.url)
     try:
-        stack.start_coordinator()
+        stack.start_coordinator(ASH_PLACEMENT="spread", ASH_PLACEMENT_CHOICES="1")
         for name, max_sessions in RUNNERS.items():
             stack.start_runner(
                 name, ASH_CLI="claude", ASH_MODEL_BASE_URL=f"http://127.0.0.1:{port}",
