@@ -4,6 +4,10 @@
     ash.v1.events.<session_id>         JetStream (stream ASH_EVENTS): a session's event log
     ash.v1.stream.<stream_id>          core request/reply: runner -> coordinator byte stream of
                                        one exec or download (protocol.streams)
+    _INBOX.ash.coordinator.>           replies to coordinators (their inbox prefix)
+    _INBOX.ash.runner.<runner_id>.>    replies to one runner (its inbox prefix), so that NATS
+                                       permissions can keep each one's replies its own
+                                       (protocol.access)
 
 Key-value and object-store buckets are named here too, so that every process agrees.
 """
@@ -49,6 +53,18 @@ def stream(stream_id: str) -> str:
 
 
 STREAMS_WILDCARD = f"{PREFIX}.stream.>"
+RUNNER_COMMANDS_WILDCARD = f"{PREFIX}.runner.*.cmd"
+INBOX_PREFIX = "_INBOX.ash"
+
+
+def coordinator_inbox() -> str:
+    """The inbox prefix of every coordinator (`nats.connect(inbox_prefix=...)`)."""
+    return f"{INBOX_PREFIX}.coordinator"
+
+
+def runner_inbox(runner_id: str) -> str:
+    """The inbox prefix of one runner."""
+    return f"{INBOX_PREFIX}.runner.{_token(runner_id)}"
 
 
 def parse_session_events(subject: str) -> str:

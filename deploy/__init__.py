@@ -1,0 +1,1 @@
+"""Deployable artefacts of Ash: the NATS access generator, env files, units, charts."""
