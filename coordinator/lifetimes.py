@@ -10,19 +10,23 @@ number of coordinators may sweep at once.
     active/paused on R (settled)               R live, holds no sandbox for it  ColdPause not_on_runner
     starting, never created, on no runner,     -                                FailStart
       past every placement try
+    starting from a resume, past every         -                                Unstick
+      placement try (its coordinator died)
     active on R, idle >= idle_pause_s          R live, not draining, not busy   IdlePause
     not ended, older than session_ttl_s        -                                Expire
     unknown / ended / error / on another       R holds a sandbox for it         EndSandbox
       runner or none (cold)                      (held longer than settle_s)
 
 `starting` belongs to whoever is creating or resuming the session (a resume that dies is
-taken over by the next, `coordinator.api.lifecycle`): the reaper leaves it alone, but for a
-create whose coordinator died. A cold pause leaves the session `paused` on no runner
+taken over by the next, `coordinator.api.lifecycle`): the reaper leaves it alone until every
+placement try would have timed out; then its coordinator died, and a create becomes `error`,
+a resume `paused` on no runner again (resumable cold; a sandbox it may have left is an orphan). A cold pause leaves the session `paused` on no runner
 (`runner_id` None): its sandbox is gone and it resumes cold from its snapshot. A warm pause (idle) keeps it on its runner, frozen.
 "Settled" means the runner's advert arrived at least `settle_s` after the session's row last
 changed, so an advert built before the session reached the runner is not read as a loss.
 Activity is the latest of the row's `updated_at` (turns recorded, status changes) and the
-runner's report (the last command about the session; a running turn or exec is activity now).
+runner's report (the last command about the session, or the end of its last turn or exec; a
+running turn or exec, the model streaming or tools running, is activity now).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from protocol.runners import SessionActivity
 NOT_ENDED = ("starting", "active", "paused", "error")
 ON_A_RUNNER = ("starting", "active", "paused")  # what a sweep reads
 HELD = ("active", "paused")  # a sandbox on the session's runner is expected (warm if paused)
-PLACEMENT_TRIES = 3  # coordinator.api.sessions.MAX_PLACEMENT_TRIES: a create's longest wait
+PLACEMENT_TRIES = 3  # coordinator.placer.MAX_PLACEMENT_TRIES: a create or resume's longest wait
 
 
 @dataclass(slots=True, frozen=True)
@@ -95,6 +99,13 @@ class FailStart:
 
 
 @dataclass(slots=True, frozen=True)
+class Unstick:
+    """A session left `starting` by a resume whose coordinator died: paused, on no runner."""
+
+    session_id: str
+
+
+@dataclass(slots=True, frozen=True)
 class EndSandbox:
     """A sandbox whose session is not (or no longer) this runner's: destroy it."""
 
@@ -103,7 +114,7 @@ class EndSandbox:
     why: Literal["unknown", "ended", "error", "elsewhere"]
 
 
-Action = ColdPause | IdlePause | Expire | FailStart | EndSandbox
+Action = ColdPause | IdlePause | Expire | FailStart | Unstick | EndSandbox
 
 
 def sessions_to_pause(
@@ -166,15 +177,20 @@ def expired_sessions(sessions: Iterable[SessionView], now: float, ttl_s: float) 
             if s.status in NOT_ENDED and now - s.created_at >= ttl_s]
 
 
+def is_create(session: SessionView) -> bool:
+    """Whether a `starting` session is being created (never on a runner, no conversation yet)
+    rather than resumed."""
+    return session.runner_id is None and session.claude_session_id is None and session.turns == 0
+
+
 def stuck_starting(
     sessions: Iterable[SessionView], now: float, create_timeout_s: float, settle_s: float
-) -> list[FailStart]:
-    """Sessions still `starting` from their create (never on a runner, no conversation yet)
-    long after every placement try would have timed out: their coordinator died."""
+) -> list[FailStart | Unstick]:
+    """Sessions still `starting` long after every placement try would have timed out: their
+    coordinator died. A create failed (FailStart); a resume goes back to paused (Unstick)."""
     limit = PLACEMENT_TRIES * create_timeout_s + settle_s
-    return [FailStart(s.id) for s in sessions
-            if s.status == "starting" and s.runner_id is None and s.claude_session_id is None
-            and s.turns == 0 and now - s.updated_at >= limit]
+    return [FailStart(s.id) if is_create(s) else Unstick(s.id) for s in sessions
+            if s.status == "starting" and now - s.updated_at >= limit]
 
 
 def orphan_sandboxes(

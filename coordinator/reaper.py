@@ -10,6 +10,7 @@ live runners' adverts, asks `coordinator.lifetimes.plan` what to do, and does it
                 back to active, or, when the runner no longer has the sandbox, cold
     Expire      store: -> ended (CAS), then EndSession to its runner
     FailStart   store: starting -> error (CAS)
+    Unstick     store: starting -> paused on no runner (CAS)
     EndSandbox  EndSession to the runner that holds the orphan
 
 No leader: every coordinator sweeps; compare-and-set on the store makes each change happen
@@ -44,6 +45,7 @@ from coordinator.lifetimes import (
     IdlePause,
     LiveRunner,
     Policy,
+    Unstick,
 )
 from coordinator.placement import Seen, is_live
 from coordinator.store.base import UNSET, Unset
@@ -279,6 +281,11 @@ class Reaper:
                 view = await store.transition(sid, ("starting",), "error", now, on_runner=None)
                 if view is not None:
                     logger.warning("session %s never finished starting: error", sid)
+                return view is not None
+            case Unstick(session_id=sid):
+                view = await store.transition(sid, ("starting",), "paused", now, runner_id=None)
+                if view is not None:
+                    logger.warning("session %s: its resume never finished; paused again", sid)
                 return view is not None
             case EndSandbox(runner_id=rid, session_id=sid, why=why):
                 logger.warning("runner %s holds a sandbox for session %s (%s): ending it",

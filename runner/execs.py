@@ -156,8 +156,15 @@ class ExecService:
         sender = StreamSender(self._nc, subjects.stream(cmd.exec_id), cmd.exec_id)
         task = asyncio.create_task(self._run(proc, cmd, sender, stdin), name=f"exec-{cmd.exec_id}")
         self._running[task] = cmd.session_id
-        task.add_done_callback(lambda t: self._running.pop(t, None))
+        task.add_done_callback(lambda t: self._ended(t, cmd.session_id))
         logger.info("exec %s started in session %s", cmd.exec_id, cmd.session_id)
+
+    def _ended(self, task: asyncio.Task[None], session_id: str) -> None:
+        self._running.pop(task, None)
+        with contextlib.suppress(SessionError):
+            # Looking the session up is what counts as its activity: an exec's end is as
+            # recent as activity gets (idle expiry must not count from its start).
+            self._sessions.get(session_id)
 
     async def close(self) -> None:
         """Kill every running exec and wait for them. Idempotent."""

@@ -122,7 +122,7 @@ class Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     frozen: bool = False  # paused: the cgroup freezer holds every process of the sandbox
     created_at: float = 0.0  # the manager's clock: when the sandbox became this session's
-    active_at: float = 0.0  # ... and the last command about it (`get`): for idle expiry
+    active_at: float = 0.0  # ... and its last command (`get`) or turn end: for idle expiry
     stop_note: str | None = None  # why an interrupt that is not the user's stopped the turn
     notice: ErrorInfo | None = None
     autosave: AutoSave | None = None
@@ -204,6 +204,11 @@ class SessionManager:
         session.active_at = self._clock()
         return session
 
+    def _mark_active(self, session: Session) -> None:
+        """A turn ended: that is activity as of now, not of its start (a long turn must not
+        leave its session looking idle for as long as it ran)."""
+        session.active_at = self._clock()
+
     def held(self) -> list[Session]:
         """Every session with a sandbox here (for the advert)."""
         return list(self._sessions.values())
@@ -226,6 +231,7 @@ class SessionManager:
         session.turn = task
         self._turns.add(task)
         task.add_done_callback(self._turns.discard)
+        task.add_done_callback(lambda _: self._mark_active(session))
         if session.autosave is not None:
             autosave = session.autosave
             autosave.set_busy(True)

@@ -15,6 +15,7 @@ from coordinator.bus import RunnerBus
 from coordinator.config import CoordinatorConfig
 from coordinator.directory import RunnerDirectory
 from coordinator.errors import ApiError
+from coordinator.placer import Placer
 from coordinator.recorder import Recorder
 from coordinator.store.base import Store
 from protocol import codec
@@ -38,6 +39,7 @@ class Services:
     recorder: Recorder
     bus: RunnerBus
     version: str
+    placer: Placer
 
 
 SERVICES = web.AppKey("services", Services)

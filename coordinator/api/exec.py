@@ -2,7 +2,8 @@
 
 The command runs in the session's own sandbox (same workspace, same cgroup limits, its own pid
 namespace), beside whatever the session is doing: a turn may be running. The answer is
-`text/event-stream`:
+`text/event-stream` (before it: 409 for a session that is not active, a paused one saying to
+resume it first; 503 `runner_unreachable`, retryable, when its runner is gone):
 
     ( exec_stdout | exec_stderr )* -> exec_exit        (`id:` = the exec's own seq, from 1)
 
@@ -25,7 +26,7 @@ from aiohttp import web
 
 from coordinator.api import sse
 from coordinator.api.common import read_body, services
-from coordinator.api.files import require_active
+from coordinator.api.lifecycle import passed_on, require_active, runner_of
 from coordinator.api.sessions import load_session
 from coordinator.transfer import COMMAND_TIMEOUT_S, StreamBroken, StreamReceiver, runner_error
 from protocol import codec
@@ -91,16 +92,16 @@ async def exec_command(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     session = await load_session(svc, request.match_info["id"])
     req = await read_body(request, ExecRequest)
-    require_active(session)
-    assert session.runner_id is not None
+    require_active(session)  # a paused session is resumed first: 409 saying so
+    runner_id = runner_of(svc, session)
     exec_id = uuid.uuid4().hex
     out = _Output(session.id, exec_id, req.encoding)
     async with StreamReceiver(svc.nc, exec_id) as rx:
         command = StartExec(session_id=session.id, exec_id=exec_id, command=req.command,
                             timeout_s=req.timeout_s, env=req.env)  # fmt: skip
-        reply = await svc.bus.request(session.runner_id, command, COMMAND_TIMEOUT_S)
+        reply = await svc.bus.request(runner_id, command, COMMAND_TIMEOUT_S)
         if isinstance(reply, Rejected):
-            raise runner_error(reply.error)
+            raise passed_on(session, reply.error, runner_error(reply.error).status)
         resp = await sse.open_stream(request)
         try:
             async with asyncio.timeout(req.timeout_s + FOLLOW_GRACE_S):

@@ -14,8 +14,10 @@ then moves the bytes over NATS in CHUNK_BYTES pieces (`coordinator.transfer`). P
 relative to the workspace; `..`, absolute paths, NUL, symlinks on the way and special files
 are refused with a 4xx, and a refused or oversize write changes nothing.
 
-The session must be active (404 unknown, 410 ended, 409 otherwise). Files may be used while a
-turn runs; what the agent writes meanwhile is what a read sees.
+The session must be active (404 unknown, 410 ended; 409 otherwise: a paused session must be
+resumed first, `lifecycle.require_active`). An active session whose runner is gone answers 503
+`runner_unreachable`, retryable, until the reaper pauses it. Files may be used while a turn
+runs; what the agent writes meanwhile is what a read sees.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from coordinator.api.common import Services, json_response, services
+from coordinator.api.lifecycle import passed_on, require_active, runner_of
 from coordinator.api.sessions import load_session
 from coordinator.errors import ApiError
 from coordinator.transfer import (
@@ -53,19 +56,17 @@ from protocol.streams import Chunk, End
 DOWNLOAD_TICK_S = 5.0
 
 
-async def live_session(request: web.Request) -> tuple[Services, SessionView]:
-    """The session of the route, which must be active on a runner."""
+async def live_session(request: web.Request) -> tuple[Services, SessionView, str]:
+    """The session of the route, which must be active, and the runner that holds it."""
     svc = services(request)
     session = await load_session(svc, request.match_info["id"])
     require_active(session)
-    return svc, session
+    return svc, session, runner_of(svc, session)
 
 
-def require_active(session: SessionView) -> None:
-    if session.status == "ended":
-        raise ApiError(410, ErrorCode.gone, f"session {session.id} has ended; create a new one")
-    if session.status != "active" or session.runner_id is None:
-        raise ApiError(409, ErrorCode.conflict, f"session {session.id} is {session.status}, not active")
+def _refused(session: SessionView, reply: Rejected) -> ApiError:
+    """A runner's refusal as the HTTP error (503, retryable, when the runner is gone)."""
+    return passed_on(session, reply.error, runner_error(reply.error).status)
 
 
 def _path(request: web.Request, *, allow_root: bool = False) -> str:
@@ -98,13 +99,12 @@ def _check_declared_size(request: web.Request, limit: int) -> None:
 
 async def list_files(request: web.Request) -> web.Response:
     """List a directory of the workspace (the workspace itself by default)."""
-    svc, session = await live_session(request)
+    svc, session, runner_id = await live_session(request)
     cmd = ListFiles(session_id=session.id, path=_path(request, allow_root=True),
                     recursive=_flag(request, "recursive"))  # fmt: skip
-    assert session.runner_id is not None
-    reply = await svc.bus.request(session.runner_id, cmd, COMMAND_TIMEOUT_S)
+    reply = await svc.bus.request(runner_id, cmd, COMMAND_TIMEOUT_S)
     if isinstance(reply, Rejected):
-        raise runner_error(reply.error)
+        raise _refused(session, reply)
     if not isinstance(reply, FileListing):
         raise unexpected(reply)
     return json_response(FileList(entries=reply.entries, truncated=reply.truncated))
@@ -112,15 +112,14 @@ async def list_files(request: web.Request) -> web.Response:
 
 async def read_file(request: web.Request) -> web.StreamResponse:
     """The bytes of one regular file, streamed with its Content-Length."""
-    svc, session = await live_session(request)
+    svc, session, runner_id = await live_session(request)
     path = _path(request)
     stream_id = uuid.uuid4().hex
-    assert session.runner_id is not None
     async with StreamReceiver(svc.nc, stream_id) as rx:
         cmd = ReadFile(session_id=session.id, stream_id=stream_id, path=path)
-        reply = await svc.bus.request(session.runner_id, cmd, COMMAND_TIMEOUT_S)
+        reply = await svc.bus.request(runner_id, cmd, COMMAND_TIMEOUT_S)
         if isinstance(reply, Rejected):
-            raise runner_error(reply.error)
+            raise _refused(session, reply)
         if not isinstance(reply, StreamOpened) or reply.size is None:
             raise unexpected(reply)
         name = quote(path.rstrip("/").rsplit("/", 1)[-1], safe="")
@@ -135,11 +134,10 @@ async def read_file(request: web.Request) -> web.StreamResponse:
 
 async def write_file(request: web.Request) -> web.Response:
     """Write the body to a file: 201 if it is new, 200 if it replaced one."""
-    svc, session = await live_session(request)
+    svc, session, runner_id = await live_session(request)
     path = _path(request)
     _check_declared_size(request, MAX_FILE_BYTES)
-    assert session.runner_id is not None
-    done = await upload(svc.bus, session.runner_id, session.id, request.content, kind="file",
+    done = await upload(svc.bus, runner_id, session.id, request.content, kind="file",
                         path=path, max_bytes=MAX_FILE_BYTES, upload_id=uuid.uuid4().hex)  # fmt: skip
     view = FileWritten(path=done.path, size=done.size, created=done.created)
     return json_response(view, 201 if done.created else 200)
@@ -147,26 +145,24 @@ async def write_file(request: web.Request) -> web.Response:
 
 async def delete_file(request: web.Request) -> web.Response:
     """Delete a file, a symlink (not its target), or a directory (`recursive` if not empty)."""
-    svc, session = await live_session(request)
+    svc, session, runner_id = await live_session(request)
     cmd = DeleteFile(session_id=session.id, path=_path(request),
                      recursive=_flag(request, "recursive"))  # fmt: skip
-    assert session.runner_id is not None
-    reply = await svc.bus.request(session.runner_id, cmd, COMMAND_TIMEOUT_S)
+    reply = await svc.bus.request(runner_id, cmd, COMMAND_TIMEOUT_S)
     if isinstance(reply, Rejected):
-        raise runner_error(reply.error)
+        raise _refused(session, reply)
     return web.Response(status=204)
 
 
 async def download_workspace(request: web.Request) -> web.StreamResponse:
     """The workspace as a tar.gz, streamed as the runner writes it."""
-    svc, session = await live_session(request)
+    svc, session, runner_id = await live_session(request)
     stream_id = uuid.uuid4().hex
-    assert session.runner_id is not None
     async with StreamReceiver(svc.nc, stream_id) as rx:
         cmd = ReadWorkspace(session_id=session.id, stream_id=stream_id)
-        reply = await svc.bus.request(session.runner_id, cmd, COMMAND_TIMEOUT_S)
+        reply = await svc.bus.request(runner_id, cmd, COMMAND_TIMEOUT_S)
         if isinstance(reply, Rejected):
-            raise runner_error(reply.error)
+            raise _refused(session, reply)
         if not isinstance(reply, StreamOpened):
             raise unexpected(reply)
         resp = web.StreamResponse(headers={
@@ -180,10 +176,9 @@ async def download_workspace(request: web.Request) -> web.StreamResponse:
 
 async def upload_workspace(request: web.Request) -> web.Response:
     """Extract a tar.gz into the workspace; a bad archive is refused whole, before any write."""
-    svc, session = await live_session(request)
+    svc, session, runner_id = await live_session(request)
     _check_declared_size(request, MAX_ARCHIVE_BYTES)
-    assert session.runner_id is not None
-    done = await upload(svc.bus, session.runner_id, session.id, request.content, kind="archive",
+    done = await upload(svc.bus, runner_id, session.id, request.content, kind="archive",
                         max_bytes=MAX_ARCHIVE_BYTES, upload_id=uuid.uuid4().hex)  # fmt: skip
     return json_response(
         WorkspaceUploaded(files=done.files, dirs=done.dirs, symlinks=done.symlinks, size=done.size)

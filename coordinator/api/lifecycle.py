@@ -17,7 +17,15 @@
                    turn. Both go on independently.
 
 A **message to a paused session resumes it first** (`auto_resume`, used by the messages
-endpoint), warm or cold, so clients need not call /resume. A cold resume marks the session
+endpoint), warm or cold, so clients need not call /resume (a message to a session being resumed
+waits for that resume). Exec and files do not resume: a paused session's sandbox is frozen or
+gone, so they answer 409 `conflict` saying to resume first (`require_active`).
+
+A session still `active` on a runner that has just died is in between: its runner does not
+answer (or its advert is already stale), and the reaper has not paused it yet (within about one
+runner TTL plus one sweep). Every command to it meanwhile answers 503 `runner_unreachable`,
+retryable (`runner_of`, `lost_runner`), never a hang or a 500; once the reaper has paused it, a
+message resumes it cold on a live runner. A cold resume marks the session
 `starting` while it runs (a compare-and-set on the status), so that two resumes never build two
 sandboxes; a `starting` older than `create_timeout_s` twice over is taken over.
 
@@ -41,9 +49,10 @@ import msgspec
 from aiohttp import web
 
 from coordinator.api.common import Services, json_response, services
-from coordinator.api.sessions import MAX_PLACEMENT_TRIES, load_session, reply_status
+from coordinator.api.sessions import load_session, reply_status
 from coordinator.errors import ApiError
-from coordinator.placement import Seen, choose_runner, is_live
+from coordinator.placement import Seen, is_live
+from coordinator.reaper import EventLog
 from coordinator.snapshots import latest_snapshot
 from protocol import codec
 from protocol.api import RESUMED_HEADER, SessionView
@@ -57,7 +66,7 @@ from protocol.commands import (
     SessionOptions,
     SnapshotSession,
 )
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, ErrorInfo
 from protocol.snapshots import SnapshotManifest
 
 logger = logging.getLogger(__name__)
@@ -150,8 +159,9 @@ async def resume_session(request: web.Request) -> web.Response:
 
 
 async def auto_resume(svc: Services, view: SessionView) -> SessionView:
-    """The session, resumed first if it is paused: a message to a paused session resumes it."""
-    if view.status != "paused":
+    """The session, resumed first if it is paused: a message to a paused session resumes it.
+    A session `starting` (being resumed, or created) is waited for, like by a second resume."""
+    if view.status not in ("paused", "starting"):
         return view
     resumed, how = await resume(svc, view)
     logger.info("session %s resumed (%s) for a message", view.id, how)
@@ -193,6 +203,10 @@ async def resume(svc: Services, view: SessionView) -> tuple[SessionView, str]:
         if claimed is None:
             view = await load_session(svc, view.id)
             continue
+        if view.status == "active" and view.runner_id is not None:
+            # Resumed before the reaper noticed its runner was lost: end the turn that runner
+            # may have left open, as the reaper would, so streams following it end.
+            await EventLog(svc.layout.js).end_lost_turn(view.id, view.runner_id)
         return await _cold_resume(svc, claimed, exclude), "cold"
     raise ApiError(409, ErrorCode.conflict, f"session {view.id} keeps changing; try again",
                    retryable=True)
@@ -289,28 +303,8 @@ async def fork_session(request: web.Request) -> web.Response:
 
 
 async def _place(svc: Services, command: CreateSession, exclude: frozenset[str]) -> Accepted:
-    """Send `command` to the best live runner, then the next best, like a new session."""
-    tried = set(exclude)
-    last: Rejected | None = None
-    for _ in range(MAX_PLACEMENT_TRIES):
-        advert = choose_runner(svc.directory.snapshot(), time.monotonic(), svc.directory.ttl_s,
-                               frozenset(tried))
-        if advert is None:
-            break
-        tried.add(advert.runner_id)
-        reply = await svc.bus.request(advert.runner_id, command, svc.config.create_timeout_s)
-        if isinstance(reply, Accepted):
-            return reply
-        if isinstance(reply, Rejected):
-            last = reply
-            logger.warning("runner %s refused to restore %s: %s", reply.runner_id,
-                           command.session_id, reply.error)
-            if not reply.error.retryable:
-                break
-    if last is None:
-        raise ApiError(503, ErrorCode.no_runner, "no runner is available to restore the session "
-                       "on; start one with `ash runner`", retryable=True)
-    raise ApiError.from_info(reply_status(last.error.code), last.error)
+    """Send `command` to the runner placement chooses, then the next, like a new session."""
+    return await svc.placer.place(command, exclude)
 
 
 async def _options(svc: Services, session_id: str) -> SessionOptions:
@@ -326,6 +320,59 @@ async def _wait_while_starting(svc: Services, session_id: str, timeout_s: float)
         if view.status != "starting" or time.monotonic() >= deadline:
             return view
         await asyncio.sleep(0.1)  # a poll of the shared store, the only place the state lives
+
+
+def require_active(session: SessionView) -> None:
+    """Refuse a command that needs the session's sandbox running (exec, files): 410 when the
+    session has ended, 409 otherwise, saying what to do instead."""
+    sid = session.id
+    match session.status:
+        case "active" if session.runner_id is not None:
+            return
+        case "ended":
+            raise _gone(sid)
+        case "paused":
+            raise ApiError(409, ErrorCode.conflict,
+                           f"session {sid} is paused: resume it first (POST /api/sessions/{sid}/"
+                           f"resume, or `ash resume {sid}`; a message also resumes it), then "
+                           "try again")
+        case "starting":
+            raise ApiError(409, ErrorCode.conflict,
+                           f"session {sid} is starting (being created or resumed); try again "
+                           "in a moment", retryable=True)
+        case _:
+            raise ApiError(409, ErrorCode.conflict,
+                           f"session {sid} is {session.status}: it never started, so it has no "
+                           "sandbox; create a new session")
+
+
+def runner_of(svc: Services, session: SessionView) -> str:
+    """The runner holding the (active) session; 503 `lost_runner` at once when the directory,
+    having read the registry, no longer sees that runner live: asking it would only wait for
+    the bus timeout."""
+    assert session.runner_id is not None
+    directory = svc.directory
+    if directory.loaded.is_set() and not directory.is_live(session.runner_id):
+        raise lost_runner(session.id, session.runner_id)
+    return session.runner_id
+
+
+def lost_runner(session_id: str, runner_id: str, why: str = "is not answering") -> ApiError:
+    """503 for a command to an active session whose runner has gone (or restarted without it):
+    retryable, because the reaper pauses the session within seconds and then it resumes."""
+    return ApiError(503, ErrorCode.runner_unreachable,
+                    f"runner {runner_id} of session {session_id} {why} (it may have stopped); "
+                    "the session is paused within a few seconds, and a message then resumes it "
+                    "on another runner: retry", retryable=True)
+
+
+def passed_on(session: SessionView, error: ErrorInfo, status: int) -> ApiError:
+    """The HTTP error for a runner's refusal of a command about `session`: `status`, unless
+    the bus says the runner did not answer (`lost_runner`)."""
+    assert session.runner_id is not None
+    if error.code == ErrorCode.runner_unreachable:
+        return lost_runner(session.id, session.runner_id)
+    return ApiError.from_info(status, error)
 
 
 def _gone(session_id: str) -> ApiError:

@@ -10,16 +10,14 @@ from aiohttp import web
 
 from coordinator.api.common import Services, json_response, read_body, services
 from coordinator.errors import ApiError, not_found
-from coordinator.placement import choose_runner
+from coordinator.errors import reply_status as reply_status  # where other handlers import it
 from coordinator.snapshots import forget_snapshot
 from protocol import codec
 from protocol.api import CreateSessionRequest, SessionList, SessionView
-from protocol.commands import Accepted, AgentRef, CreateSession, EndSession, Rejected, SessionOptions
+from protocol.commands import AgentRef, CreateSession, EndSession, Rejected, SessionOptions
 from protocol.errors import ErrorCode
 
 logger = logging.getLogger(__name__)
-
-MAX_PLACEMENT_TRIES = 3
 
 
 async def load_session(svc: Services, session_id: str) -> SessionView:
@@ -27,17 +25,6 @@ async def load_session(svc: Services, session_id: str) -> SessionView:
     if view is None:
         raise not_found("session", session_id)
     return view
-
-
-def reply_status(code: str) -> int:
-    """The HTTP status that passes a runner's refusal on to the client."""
-    return {
-        ErrorCode.conflict: 409,
-        ErrorCode.not_found: 409,
-        ErrorCode.validation_failed: 422,
-        ErrorCode.sandbox_failed: 500,
-        ErrorCode.agent_failed: 502,
-    }.get(code, 503)
 
 
 async def create_session(request: web.Request) -> web.Response:
@@ -60,38 +47,17 @@ async def create_session(request: web.Request) -> web.Response:
     command = CreateSession(
         session_id=session_id, agent=AgentRef(name=agent.name, digest=agent.digest), options=options
     )
-    tried: set[str] = set()
-    last: Rejected | None = None
-    for _ in range(MAX_PLACEMENT_TRIES):
-        advert = choose_runner(
-            svc.directory.snapshot(), time.monotonic(), svc.directory.ttl_s, frozenset(tried)
-        )
-        if advert is None:
-            break
-        tried.add(advert.runner_id)
-        reply = await svc.bus.request(advert.runner_id, command, svc.config.create_timeout_s)
-        match reply:
-            case Accepted():
-                view = await svc.store.update_session(
-                    session_id,
-                    time.time(),
-                    status="active",
-                    runner_id=reply.runner_id,
-                    claude_session_id=reply.claude_session_id,
-                )
-                assert view is not None
-                return json_response(view, 201)
-            case Rejected():
-                last = reply
-                logger.warning(
-                    "runner %s refused session %s: %s", reply.runner_id, session_id, reply.error
-                )
-                if not reply.error.retryable:
-                    break
-    await svc.store.update_session(session_id, time.time(), status="error")
-    if last is None:
-        raise ApiError(503, ErrorCode.no_runner, "no runner could take the session", retryable=True)
-    raise ApiError.from_info(reply_status(last.error.code), last.error)
+    try:
+        reply = await svc.placer.place(command)
+    except ApiError:
+        await svc.store.update_session(session_id, time.time(), status="error")
+        raise
+    view = await svc.store.update_session(
+        session_id, time.time(), status="active", runner_id=reply.runner_id,
+        claude_session_id=reply.claude_session_id,
+    )
+    assert view is not None
+    return json_response(view, 201)
 
 
 async def list_sessions(request: web.Request) -> web.Response:

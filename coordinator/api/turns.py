@@ -6,8 +6,11 @@ events go to the session's JetStream log, which the recorder turns into history.
 only follow that log, so a client that disconnects cancels nothing, and any coordinator can
 serve a re-attach (`stream.py` says how a replay finds its start).
 
-    POST /messages   subscribes to the log from "now", then asks the runner to start the
-                     turn, so no event can be missed; streams the turn's events to its `done`.
+    POST /messages   resumes a paused session first (`lifecycle.auto_resume`); subscribes
+                     to the log from "now", then asks the runner to start the turn, so no
+                     event can be missed; streams the turn's events to its `done`. An active
+                     session whose runner is gone gets 503 `runner_unreachable` (retryable)
+                     until the reaper pauses it; the next message then resumes it cold.
                      Answers name the turn and the seq its events come after (headers
                      `Ash-Turn-Id`, `Ash-Turn-After`), so a client can re-attach exactly even
                      if its stream breaks before the first event. One turn at a time: a message
@@ -37,7 +40,7 @@ from aiohttp import web
 
 from coordinator.api import sse
 from coordinator.api.common import Services, json_response, read_body, services
-from coordinator.api.lifecycle import auto_resume
+from coordinator.api.lifecycle import auto_resume, lost_runner, passed_on, runner_of
 from coordinator.api.sessions import load_session, reply_status
 from coordinator.api.stream import (
     EventLog,
@@ -94,7 +97,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     req = await read_body(request, SendMessageRequest)
     session = await auto_resume(svc, session)  # a message to a paused session resumes it
     _check_can_send(session.status, session.id)
-    assert session.runner_id is not None
+    runner_id = runner_of(svc, session)  # 503 at once if its runner is gone, until it is paused
     turn_id = uuid.uuid4().hex
     # Read before the turn starts: every event of this turn has a greater seq.
     last = await EventLog(svc.layout.js, session.id).last()
@@ -102,11 +105,13 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     settled = last is None or isinstance(last[1], events.Done)
     async with Follower(svc.layout.js, session.id, None) as follower:
         command = SendTurn(session_id=session.id, turn_id=turn_id, content=req.content, model=req.model)
-        reply = await _start_turn(svc, session.runner_id, command, settled)
+        reply = await _start_turn(svc, runner_id, command, settled)
         if isinstance(reply, Rejected):
             if reply.error.code == ErrorCode.conflict:
                 raise _turn_running(session.id)
-            raise ApiError.from_info(reply_status(reply.error.code), reply.error)
+            if reply.error.code == ErrorCode.not_found:  # it restarted, or dropped the sandbox
+                raise lost_runner(session.id, runner_id, "no longer holds its sandbox")
+            raise passed_on(session, reply.error, reply_status(reply.error.code))
         resp = await sse.open_stream(
             request, {TURN_ID_HEADER: turn_id, TURN_AFTER_HEADER: str(after)}
         )
@@ -212,7 +217,7 @@ async def interrupt(request: web.Request) -> web.Response:
             if reply.error.code == ErrorCode.conflict:
                 raise ApiError(409, ErrorCode.conflict,
                                f"no turn is running in session {session.id}; nothing to interrupt")
-            raise ApiError.from_info(reply_status(reply.error.code), reply.error)
+            raise passed_on(session, reply.error, reply_status(reply.error.code))
         found = await wait_done(svc, follower, IDLE_INTERRUPT_WAIT_S)
         if found is None and start.last_is_done and follower.last == start.after:
             # The log showed no turn and none began: the runner's last turn was only winding

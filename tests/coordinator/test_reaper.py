@@ -15,7 +15,7 @@ import nats
 import pytest
 
 from ash.embedded_nats import NatsServer, start_nats
-from coordinator.lifetimes import ColdPause, EndSandbox, Expire, IdlePause, Policy
+from coordinator.lifetimes import ColdPause, EndSandbox, Expire, IdlePause, Policy, Unstick
 from coordinator.placement import Seen
 from coordinator.reaper import EventLog, Reaper
 from coordinator.store import Store, open_store
@@ -162,6 +162,25 @@ async def test_activity_the_runner_reports_keeps_a_session_active(rig: Rig) -> N
     assert [type(a) for a in await reaper.sweep()] == [IdlePause]
 
 
+async def test_a_long_turn_is_activity_throughout_and_idle_time_counts_from_its_end(rig: Rig) -> None:
+    await rig.session("s1")
+    reaper = rig.reaper(idle_pause_s=IDLE)
+    for minute in range(10, 130, 10):  # a two-hour turn: the model streams, tools run
+        rig.clock.advance(600)
+        rig.runners.advertise("r1", s1=held(idle=minute * 60, busy=True))
+        assert await reaper.sweep() == [], f"paused {minute} minutes into a running turn"
+    since_end = 0.0
+    for idle in (0.0, 20.0, 40.0, IDLE - 1):  # it ended; the runner counts from its end
+        rig.clock.advance(idle - since_end)
+        since_end = idle
+        rig.runners.advertise("r1", s1=held(idle=idle))
+        assert await reaper.sweep() == []
+    rig.clock.advance(IDLE - since_end)
+    rig.runners.advertise("r1", s1=held(idle=IDLE))
+    assert await reaper.sweep() == [IdlePause("s1", "r1", IDLE)]
+    assert await rig.status("s1") == ("paused", "r1")
+
+
 async def test_a_recorded_turn_counts_as_activity(rig: Rig) -> None:
     await rig.session("s1")
     reaper = rig.reaper(idle_pause_s=IDLE)
@@ -252,6 +271,17 @@ async def test_a_draining_runner_keeps_its_sessions_until_it_leaves(rig: Rig) ->
     assert await reaper.sweep() == []
     del rig.runners.seen["r1"]  # it deleted its registry entry
     assert await reaper.sweep() == [ColdPause("s1", "r1", "runner_lost")]
+
+
+async def test_a_resume_abandoned_by_its_coordinator_is_paused_again(rig: Rig) -> None:
+    await rig.session("s1", status="starting")  # a cold resume began, then its coordinator died
+    reaper = rig.reaper(create_timeout_s=90)
+    rig.clock.advance(3 * 90)  # the resume could still be placing it
+    assert await reaper.sweep() == []
+    rig.clock.advance(TTL)
+    assert await reaper.sweep() == [Unstick("s1")]
+    assert await rig.status("s1") == ("paused", None)  # resumable cold, by the next message
+    assert await reaper.sweep() == []
 
 
 # -- orphans, TTL ------------------------------------------------------------------------------

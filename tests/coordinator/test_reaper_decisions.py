@@ -15,6 +15,7 @@ from coordinator.lifetimes import (
     IdlePause,
     LiveRunner,
     Policy,
+    Unstick,
     expired_sessions,
     idle_sessions,
     last_activity,
@@ -154,22 +155,26 @@ def test_ttl_off_when_zero() -> None:
 
 CREATE = 90.0
 LIMIT = 3 * CREATE + SETTLE
-STUCK_CASES = [
+STUCK_CASES: list[tuple[str, SessionView, list[FailStart | Unstick]]] = [
     ("a create whose coordinator died", row(status="starting", runner=None, claude=None, turns=0,
-                                            updated=NOW - LIMIT), True),
+                                            updated=NOW - LIMIT), [FailStart("s1")]),
     ("a create still within its placement tries", row(status="starting", runner=None, claude=None,
-                                                      turns=0, updated=NOW - LIMIT + 1), False),
-    ("a cold resume (it has a conversation)", row(status="starting", runner=None,
-                                                  updated=NOW - LIMIT - 100), False),
-    ("a resume keeping its old runner", row(status="starting", claude=None, turns=0,
-                                            updated=NOW - LIMIT - 100), False),
-    ("active", row(runner=None, claude=None, turns=0, updated=NOW - LIMIT - 100), False),
+                                                      turns=0, updated=NOW - LIMIT + 1), []),
+    ("a cold resume whose coordinator died (it has a conversation)",
+     row(status="starting", runner=None, updated=NOW - LIMIT), [Unstick("s1")]),
+    ("a resume keeping its old runner, abandoned", row(status="starting", claude=None, turns=0,
+                                                       updated=NOW - LIMIT - 100), [Unstick("s1")]),
+    ("a resume still within its placement tries", row(status="starting", updated=NOW - LIMIT + 1),
+     []),
+    ("active", row(runner=None, claude=None, turns=0, updated=NOW - LIMIT - 100), []),
+    ("paused", row(status="paused", updated=NOW - LIMIT - 100), []),
 ]
 
 
-@pytest.mark.parametrize("session,stuck", [c[1:] for c in STUCK_CASES], ids=[c[0] for c in STUCK_CASES])
-def test_stuck_starting(session: SessionView, stuck: bool) -> None:
-    assert stuck_starting([session], NOW, CREATE, SETTLE) == ([FailStart("s1")] if stuck else [])
+@pytest.mark.parametrize("session,expected", [c[1:] for c in STUCK_CASES],
+                         ids=[c[0] for c in STUCK_CASES])
+def test_stuck_starting(session: SessionView, expected: list[FailStart | Unstick]) -> None:
+    assert stuck_starting([session], NOW, CREATE, SETTLE) == expected
 
 
 # -- orphan sandboxes ----------------------------------------------------------------------------

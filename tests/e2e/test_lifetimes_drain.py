@@ -1,7 +1,8 @@
 """A runner's drain on SIGTERM, with real processes: it advertises `draining` and refuses new
 sessions (placement sends them elsewhere), lets a running turn finish, interrupts one that
 outlasts ASH_DRAIN_TIMEOUT_S saying why, snapshots, leaves the registry and exits; its sessions
-become paused and resume cold on another runner. A second signal forces the stop."""
+become paused and resume cold on another runner with everything said up to the drain. A second
+signal forces the stop."""
 
 from __future__ import annotations
 
@@ -35,8 +36,12 @@ async def test_sigterm_lets_the_running_turn_finish_then_the_session_resumes_els
     tmp_path: Path,
 ) -> None:
     word = "plover" + uuid.uuid4().hex[:6]
+    later = "curlew" + uuid.uuid4().hex[:6]
     async with open_rig(tmp_path, **COORDINATOR) as rig:
-        old = rig.runner("drain-a", ASH_DRAIN_TIMEOUT_S="60", **RUNNER)
+        # No snapshot after a turn for a minute: what the turn during the drain says can only
+        # reach the next runner through the drain's own snapshot.
+        old = rig.runner("drain-a", ASH_DRAIN_TIMEOUT_S="60", ASH_SNAPSHOT_DEBOUNCE_S="60",
+                         **RUNNER)
         await rig.ready()
         ref = await rig.deploy()
         sid = (await rig.create())["id"]
@@ -47,7 +52,7 @@ async def test_sigterm_lets_the_running_turn_finish_then_the_session_resumes_els
 
         got: list[Frame] = []
         async with rig.http.post(f"{rig.url}/api/sessions/{sid}/messages",
-                                 json={"content": "sleep:3 a story worth finishing"}) as resp:
+                                 json={"content": f"sleep:3 remember the word {later}"}) as resp:
             async for f in frames(resp):
                 got.append(f)
                 if f.event != "text_delta" or sum(x.event == "text_delta" for x in got) > 1:
@@ -66,21 +71,30 @@ async def test_sigterm_lets_the_running_turn_finish_then_the_session_resumes_els
         # The turn ran to its end: the drain waited for it.
         assert got[-1].event == "done" and got[-1].data["reason"] == "completed"
         assert "error" not in {f.event for f in got}
+        assert text_of(got) == f"I will remember the word {later}."
         assert await rig.wait_exit(old) == 0
         assert await rig.advert("drain-a") is None  # it left the registry
         view = await rig.wait_status(sid, "paused")
         assert view["runner_id"] is None
-        # Cold-resumable: the next message resumes it on the other runner, memory intact.
-        assert text_of(await rig.turn(sid, "What was the word?")) == f"The word was {word}."
+        # Cold-resumable: the next message resumes it on the other runner, with the whole
+        # conversation, the turn that finished during the drain included.
+        assert text_of(await rig.turn(sid, "What was the word?")) == f"The word was {later}."
         assert (await rig.session(sid))["runner_id"] == "drain-b"
+        history = await rig.history(sid)
+        assert [m["content"] for m in history if m["role"] == "user"] == [
+            f"Remember the word {word}", f"sleep:3 remember the word {later}",
+            "What was the word?"]
 
 
 async def test_a_turn_past_the_drain_deadline_is_interrupted_and_says_why(tmp_path: Path) -> None:
+    word = "avocet" + uuid.uuid4().hex[:6]
     async with open_rig(tmp_path, **COORDINATOR) as rig:
         proc = rig.runner("deadline-a", ASH_DRAIN_TIMEOUT_S="1", **RUNNER)
         await rig.ready()
         await rig.deploy()
         sid = (await rig.create())["id"]
+        assert text_of(await rig.turn(sid, f"Remember the word {word}")) == \
+            f"I will remember the word {word}."
         got: list[Frame] = []
         async with rig.http.post(f"{rig.url}/api/sessions/{sid}/messages",
                                  json={"content": "sleep:120 an endless story"}) as resp:
@@ -96,6 +110,11 @@ async def test_a_turn_past_the_drain_deadline_is_interrupted_and_says_why(tmp_pa
         assert got[-1].data["reason"] == "interrupted"
         assert await rig.wait_exit(proc) == 0
         assert (await rig.wait_status(sid, "paused"))["runner_id"] is None
+        # Cold-resumable on a new runner, the conversation before the cut kept.
+        rig.runner("deadline-b", **RUNNER)
+        await rig.ready()
+        assert text_of(await rig.turn(sid, "Which word?")) == f"The word was {word}."
+        assert (await rig.session(sid))["runner_id"] == "deadline-b"
 
 
 async def test_a_second_signal_stops_the_runner_without_waiting(tmp_path: Path) -> None:
