@@ -29,6 +29,9 @@
     ash workspace upload SESSION FILE     extract a tar.gz into the workspace
     ash health                            the server's health
     ash start [--port P] [--host H] [--foreground] | ash stop | ash status
+    ash runner NATS_URL [--id ID] [--env-file FILE]
+                                          run a runner here that joins the fleet on NATS_URL
+                                          (configured by ASH_* env; needs root, see deploy/)
 
 Options anywhere: --url (or ASH_URL; default http://127.0.0.1:4100), --api-key (or ASH_API_KEY),
 --json (raw JSON; `send` and `exec` print one event per line). Transfers show progress on
@@ -365,6 +368,37 @@ def _start(ctx: _Ctx) -> int:
     return EXIT_OK
 
 
+def _runner(ctx: _Ctx) -> int:
+    """Become `python -m runner` (exec: signals, exit code and pid are the runner's own), with
+    the env file's settings, then the flags, over the environment's."""
+    env = dict(ctx.environ)
+    if ctx.args.env_file:
+        env.update(_read_env_file(ctx.args.env_file))
+    env["ASH_NATS_URL"] = ctx.args.nats_url
+    if ctx.args.id:
+        env["ASH_RUNNER_ID"] = ctx.args.id
+    argv = [sys.executable, "-m", "runner", *(["check-config"] if ctx.args.check else [])]
+    ctx.out.flush()
+    ctx.err.flush()
+    os.execve(sys.executable, argv, env)
+    return EXIT_ERROR  # not reached
+
+
+def _read_env_file(path: str) -> dict[str, str]:
+    """KEY=VALUE lines (systemd EnvironmentFile / docker env_file style); # comments."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise AshError(f"cannot read {path}: {e.strerror}", code="validation_failed") from e
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
 def _stop(ctx: _Ctx) -> int:
     pid = launcher.stop(ctx.home)
     ctx.out.write("ash is not running\n" if pid is None else f"stopped ash (pid {pid})\n")
@@ -514,12 +548,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="the coordinator's address (127.0.0.1)")
     p.add_argument("--foreground", action="store_true", help="run here until Ctrl-C")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for readiness (90)")
+    p = command("runner", "run a runner that joins a fleet's NATS (needs root: bwrap, cgroups, "
+                          "network namespaces)", _runner)
+    p.add_argument("nats_url", help="the fleet's NATS, e.g. tls://nats.internal:4222")
+    p.add_argument("--id", help="its runner id (ASH_RUNNER_ID; default <hostname>-<hash>)")
+    p.add_argument("--env-file", help="KEY=VALUE settings to add, e.g. the NATS login from "
+                                      "`python -m deploy.nats_auth`")
+    p.add_argument("--check", action="store_true", help="print the id, data dir and CLI; exit")
     command("stop", "stop the local stack", _stop)
     command("status", "show what the local stack runs (exit 3 if nothing)", _status)
     return parser
 
 
-_LOCAL = {_start, _stop, _status}
+_LOCAL = {_start, _stop, _status, _runner}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,9 +22,13 @@ from coordinator.bus import RunnerBus
 from coordinator.config import CoordinatorConfig
 from coordinator.directory import RunnerDirectory
 from coordinator.lifetimes import Policy
+from coordinator.placement import Policy as PlacementPolicy
+from coordinator.placer import Placer
 from coordinator.reaper import EventLog, Reaper
 from coordinator.recorder import Recorder
 from coordinator.store import open_store
+from protocol import access, subjects
+from protocol.config import redact_url
 from protocol.jetstream import ensure_layout
 
 logger = logging.getLogger(__name__)
@@ -47,13 +51,19 @@ def build_app(svc: Services) -> web.Application:
 async def running(config: CoordinatorConfig) -> AsyncIterator[tuple[Services, str]]:
     """Open everything, serve HTTP, and yield (services, base url) until the caller leaves."""
     async with contextlib.AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(config.store_url))
+        store = await stack.enter_async_context(
+            open_store(config.store_url, pool_size=config.database_pool_size))
         nc = await nats.connect(
-            config.nats_url,
+            access.servers(config.nats_url),
             name="ash-coordinator",
             reconnect_time_wait=0.5,
             max_reconnect_attempts=-1,
             connect_timeout=5,
+            **access.connect_options(
+                inbox_prefix=subjects.coordinator_inbox(), user=config.nats_user,
+                password=config.nats_password, tls_ca=config.nats_tls_ca,
+                tls_cert=config.nats_tls_cert, tls_key=config.nats_tls_key,
+            ),
         )
         stack.push_async_callback(_close_nats, nc)
         layout = await ensure_layout(nc.jetstream(), runner_ttl_s=max(30.0, config.runner_ttl_s))
@@ -71,6 +81,11 @@ async def running(config: CoordinatorConfig) -> AsyncIterator[tuple[Services, st
         svc = Services(
             config=config, store=store, nc=nc, layout=layout, directory=directory,
             recorder=recorder, bus=bus, version=VERSION,
+            placer=Placer(directory, bus, layout.bundles, PlacementPolicy(
+                mode=config.placement, memory_overcommit=config.overcommit_memory,
+                cpu_overcommit=config.overcommit_cpu, choices=config.placement_choices,
+                ttl_s=config.runner_ttl_s,
+            ), config.create_timeout_s),
         )
         runner = web.AppRunner(build_app(svc), handler_cancellation=True, access_log=None)
         await runner.setup()
@@ -78,7 +93,7 @@ async def running(config: CoordinatorConfig) -> AsyncIterator[tuple[Services, st
         site = web.TCPSite(runner, config.host, config.port, shutdown_timeout=5.0)
         await site.start()
         url = f"http://{config.host}:{config.port}"
-        logger.info("coordinator listening on %s (nats %s, store %s)", url, config.nats_url,
+        logger.info("coordinator listening on %s (nats %s, store %s)", url, redact_url(config.nats_url),
                     config.store_url.split("://")[0])
         yield svc, url
         logger.info("coordinator stopping")

@@ -11,7 +11,7 @@ import uvloop
 
 from coordinator import app
 from coordinator.config import from_env
-from protocol.config import ConfigError
+from protocol.config import ConfigError, describe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "check-config":
-        print(config)
+        print(describe(config))
         return 0
     os.makedirs(config.home_dir, exist_ok=True)
     uvloop.run(app.serve(config))

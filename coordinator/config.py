@@ -15,9 +15,21 @@ class CoordinatorConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
 
     home: str = "~/.ash"
     nats_url: str = "nats://127.0.0.1:4222"
+    # Logging in to NATS (deploy/nats_auth.py writes a server config with a user per role):
+    # user and password, the CA that signed the server's certificate (TLS; also on with a
+    # tls:// URL), and a client certificate and key for servers that verify clients.
+    nats_user: str = ""
+    nats_password: str = ""
+    nats_tls_ca: str = ""
+    nats_tls_cert: str = ""
+    nats_tls_key: str = ""
     host: str = "127.0.0.1"
     port: int = 4100
-    database_url: str = ""  # default: sqlite:///<home>/ash.db
+    # The store: sqlite:///abs/path.db (one coordinator) or postgres://user:pw@host:5432/db
+    # (any number of coordinators share it); default sqlite:///<home>/ash.db. With Postgres
+    # each coordinator keeps at most database_pool_size connections.
+    database_url: str = ""
+    database_pool_size: int = 10
     max_bundle_mb: int = 50
     create_timeout_s: float = 90.0
     turn_timeout_s: float = 1800.0
@@ -31,16 +43,32 @@ class CoordinatorConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
     session_ttl_s: float = 0.0
     idle_pause_s: float = 0.0
     reap_interval_s: float = 1.0
+    # Placement (coordinator/placement.py): `pack` fills the fullest runner that still fits,
+    # `spread` the emptiest; a runner fits while the limits of its sandboxes stay within its
+    # memory and CPU times these ratios; one of the best `placement_choices` is picked at
+    # random, so that coordinators do not all send a burst to the same runner.
+    placement: str = "pack"
+    overcommit_memory: float = 2.0
+    overcommit_cpu: float = 16.0
+    placement_choices: int = 2
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise settings.ConfigError(f"ASH_PORT must be 1-65535, not {self.port}")
+        if self.database_pool_size < 1:
+            raise settings.ConfigError(
+                f"ASH_DATABASE_POOL_SIZE must be at least 1, not {self.database_pool_size}")
         if self.max_bundle_mb <= 0 or self.keepalive_s <= 0 or self.runner_ttl_s <= 0:
             raise settings.ConfigError("sizes and intervals must be positive")
         if self.reap_interval_s <= 0 or min(self.session_ttl_s, self.idle_pause_s) < 0:
             raise settings.ConfigError("ASH_REAP_INTERVAL_S must be > 0; ASH_SESSION_TTL_S and "
                                        "ASH_IDLE_PAUSE_S >= 0 (0: off)")
+        if self.placement not in ("pack", "spread"):
+            raise settings.ConfigError(f"ASH_PLACEMENT must be pack or spread, not {self.placement}")
+        if min(self.overcommit_memory, self.overcommit_cpu) <= 0 or self.placement_choices < 1:
+            raise settings.ConfigError("ASH_OVERCOMMIT_MEMORY and ASH_OVERCOMMIT_CPU must be > 0, "
+                                       "ASH_PLACEMENT_CHOICES >= 1")
 
     @property
     def home_dir(self) -> str:

@@ -29,3 +29,14 @@ class ApiError(Exception):
 
 def not_found(what: str, name: str) -> ApiError:
     return ApiError(404, ErrorCode.not_found, f"{what} {name!r} not found")
+
+
+def reply_status(code: str) -> int:
+    """The HTTP status that passes a runner's refusal on to the client."""
+    return {
+        ErrorCode.conflict: 409,
+        ErrorCode.not_found: 409,
+        ErrorCode.validation_failed: 422,
+        ErrorCode.sandbox_failed: 500,
+        ErrorCode.agent_failed: 502,
+    }.get(code, 503)

@@ -56,6 +56,41 @@ def load(
         raise ConfigError(f"bad setting: {e}") from e
 
 
+# Fields that hold a secret: shown as "***" wherever a config is printed or logged.
+SECRET_FIELDS = frozenset({"nats_password", "anthropic_api_key"})
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***` (a database or NATS URL may carry one)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "***"  # unparseable: show nothing of it rather than risk a secret
+
+
+def describe(config: msgspec.Struct) -> str:
+    """`config` as `ASH_NAME=value` lines for a human, with every secret redacted."""
+    lines = []
+    for field in config.__struct_fields__:
+        value = getattr(config, field)
+        if field in SECRET_FIELDS:
+            shown = "***" if value else ""
+        elif isinstance(value, str) and "://" in value:
+            shown = ",".join(redact_url(u) for u in value.split(","))
+        else:
+            shown = str(value)
+        lines.append(f"{env_name(field)}={shown}")
+    return "\n".join(lines)
+
+
 # Every ASH_* variable any Ash process reads. A process ignores the others' settings, so one
 # env file can serve a whole machine; a name outside this set is a typo. A test keeps this
 # set equal to the union of the processes' config fields.
@@ -65,10 +100,16 @@ ALL_SETTINGS: frozenset[str] = frozenset(
         "ASH_HOME",
         "ASH_NATS_URL",
         "ASH_LOG_LEVEL",
+        "ASH_NATS_USER",
+        "ASH_NATS_PASSWORD",
+        "ASH_NATS_TLS_CA",
+        "ASH_NATS_TLS_CERT",
+        "ASH_NATS_TLS_KEY",
         # coordinator
         "ASH_HOST",
         "ASH_PORT",
         "ASH_DATABASE_URL",
+        "ASH_DATABASE_POOL_SIZE",
         "ASH_MAX_BUNDLE_MB",
         "ASH_CREATE_TIMEOUT_S",
         "ASH_TURN_TIMEOUT_S",
@@ -77,9 +118,14 @@ ALL_SETTINGS: frozenset[str] = frozenset(
         "ASH_SESSION_TTL_S",
         "ASH_IDLE_PAUSE_S",
         "ASH_REAP_INTERVAL_S",
+        "ASH_PLACEMENT",
+        "ASH_OVERCOMMIT_MEMORY",
+        "ASH_OVERCOMMIT_CPU",
+        "ASH_PLACEMENT_CHOICES",
         # runner
         "ASH_RUNNER_ID",
         "ASH_RUNNER_DIR",
+        "ASH_RUNNER_LABELS",
         "ASH_CLI",
         "ASH_MODEL_BASE_URL",
         "ASH_SCRIPTED_MODEL",

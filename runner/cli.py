@@ -9,7 +9,7 @@ import sys
 
 import uvloop
 
-from protocol.config import ConfigError
+from protocol.config import ConfigError, describe
 from runner import daemon
 from runner.config import from_env
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "check-config":
-        print(config.id, config.data_dir, config.cli)
+        print(describe(config))
         return 0
     uvloop.run(daemon.serve(config))
     return 0

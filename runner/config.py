@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import msgspec
 
 from protocol import config as settings
+from protocol.runners import parse_labels
 
 
 class RunnerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -23,8 +24,19 @@ class RunnerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
 
     home: str = "~/.ash"
     nats_url: str = "nats://127.0.0.1:4222"
+    # Logging in to NATS (deploy/nats_auth.py writes a server config with a user per role):
+    # user and password, the CA that signed the server's certificate (TLS; also on with a
+    # tls:// URL), and a client certificate and key for servers that verify clients.
+    nats_user: str = ""
+    nats_password: str = ""
+    nats_tls_ca: str = ""
+    nats_tls_cert: str = ""
+    nats_tls_key: str = ""
     runner_id: str = ""  # default: <hostname>-<hash of runner_dir>
     runner_dir: str = ""  # default: <home>/runner
+    # Advertised for placement: agents whose ash.toml [placement] labels asks for some land
+    # only on runners that carry them all, e.g. "zone=a,gpu=no".
+    runner_labels: str = ""
     cli: str = "claude"  # claude (the CLI bundled with claude-agent-sdk) | standin | a path
     model_base_url: str = ""  # default: ANTHROPIC_BASE_URL, else the API's own
     scripted_model: str = "auto"  # auto | off
@@ -62,6 +74,10 @@ class RunnerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     anthropic_base_url: str = ""
 
     def __post_init__(self) -> None:
+        try:
+            parse_labels(self.runner_labels)
+        except ValueError as e:
+            raise settings.ConfigError(f"ASH_RUNNER_LABELS: {e}") from e
         if self.scripted_model not in ("auto", "off"):
             raise settings.ConfigError("ASH_SCRIPTED_MODEL must be auto or off")
         if self.max_sessions <= 0 or self.advert_interval_s <= 0:
@@ -79,6 +95,10 @@ class RunnerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
         if self.snapshot_debounce_s <= 0 or self.snapshot_max_mb < 1:
             raise settings.ConfigError("ASH_SNAPSHOT_DEBOUNCE_S must be > 0 and "
                                        "ASH_SNAPSHOT_MAX_MB >= 1")
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return parse_labels(self.runner_labels)
 
     @property
     def data_dir(self) -> str:

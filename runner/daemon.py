@@ -42,10 +42,11 @@ from dataclasses import dataclass
 
 import nats
 
+from protocol import access, subjects
 from protocol.commands import AgentRef, CreateSession
 from protocol.errors import ErrorCode, ErrorInfo
 from protocol.jetstream import Layout, ensure_layout
-from protocol.runners import RunnerAdvert, SessionActivity
+from protocol.runners import Resources, RunnerAdvert, SessionActivity
 from protocol.snapshots import SnapshotManifest
 from runner import agentconf, bridge
 from runner.agentconf import Agent, AgentConfigError, Caps
@@ -55,6 +56,7 @@ from runner.config import RunnerConfig
 from runner.drain import drain
 from runner.execs import ExecService
 from runner.files import FileService
+from runner.capacity import HostCapacity
 from runner.heartbeat import Heartbeat
 from runner.intake import Intake
 from runner.metrics import RunnerMetrics
@@ -136,6 +138,7 @@ class Runner:
         self.draining = False  # set on SIGTERM: advertised, and new sessions are refused
         self.execs: ExecService | None = None
         self.cgroups = cgroups.detect()
+        self.host = HostCapacity()
         self.disk_backend = disks.detect()
         self.bundles = BundleCache(layout.bundles, os.path.join(config.data_dir, "bundles"))
         self.sandboxes_dir = os.path.join(config.data_dir, "sandboxes")
@@ -173,11 +176,14 @@ class Runner:
             self.host_cli = os.path.abspath(config.cli)
 
     def advert(self) -> RunnerAdvert:
+        total, free = self.host.sample()
         return RunnerAdvert(
             runner_id=self.config.id, version=VERSION, started_at=self.started_at,
             sessions=len(self.sessions), max_sessions=self.config.max_sessions,
             cli=self.config.cli, ts=time.time(), scripted_model=self.config.uses_scripted_model,
             warm=self.pool.warm_counts(), draining=self.draining, activity=self.activity(),
+            labels=self.config.labels, total=total, free=free, committed=self.pool.committed(),
+            sandbox=Resources(memory_mb=self.caps.memory_mb, cpu_percent=self.caps.cpu_percent),
         )
 
     def activity(self, now: float | None = None) -> dict[str, SessionActivity]:
@@ -481,8 +487,15 @@ async def serve(config: RunnerConfig) -> None:
     _stop_on_signals(stop, force)
     os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
-        nc = await nats.connect(config.nats_url, name=f"ash-runner-{config.id}",
-                                reconnect_time_wait=0.5, max_reconnect_attempts=-1, connect_timeout=5)
+        nc = await nats.connect(
+            access.servers(config.nats_url), name=f"ash-runner-{config.id}",
+            reconnect_time_wait=0.5, max_reconnect_attempts=-1, connect_timeout=5,
+            **access.connect_options(
+                inbox_prefix=subjects.runner_inbox(config.id), user=config.nats_user,
+                password=config.nats_password, tls_ca=config.nats_tls_ca,
+                tls_cert=config.nats_tls_cert, tls_key=config.nats_tls_key,
+            ),
+        )
         stack.push_async_callback(_close_nats, nc)
         layout = await ensure_layout(nc.jetstream())
         model_url = config.model_base_url or config.anthropic_base_url
