@@ -308,7 +308,8 @@ def clis_running(claude_md: str) -> list[int]:
     found = []
     for cli in all_clis_on_host():
         try:
-            if Path("/proc", str(cli.pid), "cwd", "CLAUDE.md").read_text() == claude_md:
+            # Bytes: another session's CLAUDE.md may be anything (an agent wrote it).
+            if Path("/proc", str(cli.pid), "cwd", "CLAUDE.md").read_bytes() == claude_md.encode():
                 found.append(cli.pid)
         except OSError:
             continue
