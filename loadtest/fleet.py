@@ -9,7 +9,9 @@ Two setups, measured one after the other in the same run with the same client co
 
 Both use the zero-latency stand-in CLI, so the figures are the platform's alone. For each setup
 it creates `n` sessions one after another through one coordinator (timing `POST
-/api/sessions` to its 201) and sends one turn to each (timing the POST to the first SSE event),
+/api/sessions` to its 201; before each, it waits until a runner advertises a warm sandbox of
+the agent, so every create is a pool hit in both setups and the difference is placement and
+the hops) and sends one turn to each (timing the POST to the first SSE event),
 then prints n, p50 and p99 side by side, and the fleet's figure as a multiple of the single
 host's. Needs root (namespaces, bwrap, cgroups).
 
@@ -27,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from ash import AsyncClient
 from ash.embedded_nats import start_nats
 from loadtest.spine import pct
@@ -34,7 +38,8 @@ from tests.fleet.harness import open_fleet
 from tests.procs import ROOT, Stack
 
 AGENT = "hello"
-RUNNER_ENV = {"ASH_CLI": "standin", "ASH_MAX_SESSIONS": "32", "ASH_POOL_WARM_MAX": "1"}
+RUNNER_ENV = {"ASH_CLI": "standin", "ASH_MAX_SESSIONS": "32", "ASH_POOL_WARM_MAX": "1",
+              "ASH_ADVERT_INTERVAL_S": "0.1"}
 Samples = dict[str, list[float]]
 
 
@@ -51,12 +56,28 @@ async def wait_runners(client: AsyncClient, runners: int) -> None:
         await asyncio.sleep(0.05)
 
 
+async def wait_warm(url: str) -> None:
+    """Until some runner advertises a warm sandbox of the agent (the pool refilled)."""
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(f"{url}/api/runners") as r:
+                runners = (await r.json())["runners"]
+            if any(v["live"] and v["warm"].get(AGENT, 0) > 0 for v in runners):
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit("no warm sandbox of the agent within 60 s")
+            await asyncio.sleep(0.02)
+
+
 async def measure(url: str, runners: int, n: int, label: str) -> Samples:
     out: Samples = {"session create": [], "time to first event": []}
     async with AsyncClient(url) as client:
         await wait_runners(client, runners)
         await client.deploy(ROOT / "examples" / AGENT, name=AGENT)
         for i in range(n + 3):  # the first 3 warm up connections and caches, and are dropped
+            if i > 0:  # a runner warms an agent's pool after its first session there
+                await wait_warm(url)  # so every measured create is a warm-pool hit
             t0 = time.perf_counter()
             session = await client.create_session(AGENT)
             created = (time.perf_counter() - t0) * 1000
