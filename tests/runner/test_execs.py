@@ -38,7 +38,10 @@ class HostSandbox:
     workspace: str
 
     def command(self, argv_inside: list[str]) -> list[str]:
-        return ["unshare", "--pid", "--fork", "--kill-child", "--", *argv_inside]
+        # HOME is the workspace: the login shell of an exec must not read this host's own
+        # ~/.profile (which may do anything, e.g. wait on a pyenv rehash lock).
+        return ["env", f"HOME={self.workspace}", "unshare", "--pid", "--fork", "--kill-child",
+                "--", *argv_inside]
 
 
 @dataclass
