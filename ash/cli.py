@@ -3,6 +3,7 @@
     ash deploy PATH [--name NAME]         pack a folder and deploy it (a new version if NAME exists)
     ash agents [get NAME | delete NAME]   list deployed agents (or show / delete one)
     ash session create AGENT [--model M] [--system-prompt S] [--env K=V ...]
+                          [--credential NAME] [--mcp FILE]
     ash session list [--agent A] | get ID | end ID
     ash send SESSION TEXT                 one turn: text to stdout as it streams, tools to stderr
     ash chat AGENT TEXT                   a new session and its first turn; its id goes to stderr
@@ -16,6 +17,10 @@
                                           turn (or those after event id N; every turn with
                                           --follow); a turn goes on when its stream is left
     ash interrupt SESSION                 stop the running turn (its done says interrupted)
+    ash logs SESSION [--after N] [-f]     a session's events, one line each, every turn's
+                                          (-f: keep following new turns)
+    ash runners                           the fleet's runners: sessions, capacity, draining,
+                                          labels
     ash exec SESSION [--timeout S] [--env K=V ...] -- CMD [ARG ...]
                                           run a command in the session's sandbox; its stdout and
                                           stderr stream to ours, and its exit code is ours. One
@@ -27,7 +32,12 @@
     ash files rm SESSION PATH [-r]        delete a file, a symlink or a directory
     ash workspace download SESSION FILE   the workspace as a tar.gz (FILE - for stdout)
     ash workspace upload SESSION FILE     extract a tar.gz into the workspace
+    ash credentials add NAME [--kind K] [--from-env VAR]
+                                          store a credential (sealed at rest), its value read
+                                          from stdin (or VAR), never from the command line
+    ash credentials list | rm NAME        list them (never their values), or delete one
     ash health                            the server's health
+    ash usage [--group-by G] [--since T]  tokens, cost, tool calls and CPU, summed
     ash start [--port P] [--host H] [--foreground] | ash stop | ash status
     ash runner NATS_URL [--id ID] [--env-file FILE]
                                           run a runner here that joins the fleet on NATS_URL
@@ -44,6 +54,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import json
 import logging
 import os
 import sys
@@ -51,18 +63,18 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 import msgspec
 
-from ash import launcher, sandbox_cli
+from ash import launcher, ops_cli, sandbox_cli
 from ash.client import DEFAULT_URL, AsyncClient
 from ash.errors import AshConnectionError, AshError
 from ash.process import pid_alive
 from ash.render import ago, human_size, render_content, short_digest, table, tool_summary
-from ash.stack import StackConfig
+from ash.stack import StackConfig, stored_api_key
 from protocol import codec
-from protocol.api import AgentView, SessionView
+from protocol.api import AgentView, KeyScope, SessionView
 from protocol.errors import ErrorCode
 from protocol.events import Done, Error, Event, TextDelta, ToolResult, ToolUse, TurnComplete
 
@@ -91,7 +103,9 @@ class _Ctx:
         return Path(os.path.abspath(os.path.expanduser(self.environ.get("ASH_HOME") or "~/.ash")))
 
     def client(self) -> AsyncClient:
-        key = getattr(self.args, "api_key", None) or self.environ.get("ASH_API_KEY")
+        # --api-key, else ASH_API_KEY, else the admin key `ash start` stored in ASH_HOME.
+        key = (getattr(self.args, "api_key", None) or self.environ.get("ASH_API_KEY")
+               or stored_api_key(self.home))
         return AsyncClient(self.url, key)
 
     def dim(self, text: str) -> str:
@@ -116,6 +130,66 @@ async def _deploy(ctx: _Ctx, ash: AsyncClient) -> int:
             f"deployed {agent.name} v{agent.version} ({agent.files} files, {human_size(agent.size)}, "
             f"digest {short_digest(agent.digest)})\n"
         )
+    return EXIT_OK
+
+
+KEY_SCOPES = frozenset(get_args(KeyScope))
+
+
+async def _keys(ctx: _Ctx, ash: AsyncClient) -> int:
+    match ctx.args.keys_command:
+        case "create":
+            made = await ash.create_key(ctx.args.name, ctx.args.scope or ["sessions:read",
+                                        "sessions:write"], ctx.args.tenant)
+            if ctx.json:
+                ctx.print_json(made)
+            else:
+                ctx.err.write(f"key {made.info.id} of tenant {made.info.tenant} "
+                              f"({' '.join(made.info.scopes)}); shown once, keep it now:\n")
+                ctx.out.write(made.key + "\n")
+        case "revoke":
+            key = await ash.revoke_key(ctx.args.id)
+            ctx.print_json(key) if ctx.json else ctx.out.write(f"revoked {key.id}\n")
+        case _:
+            keys = await ash.list_keys(getattr(ctx.args, "tenant", None))
+            if ctx.json:
+                ctx.print_json(keys)
+            else:
+                for k in keys:
+                    state = "revoked" if k.revoked_at else "active"
+                    ctx.out.write(f"{k.id}  {k.tenant:<12} {state:<8} {' '.join(k.scopes):<32} "
+                                  f"{k.name}\n")
+    return EXIT_OK
+
+
+async def _credentials(ctx: _Ctx, ash: AsyncClient) -> int:
+    args = ctx.args
+    match args.credentials_command:
+        case "add":
+            if args.from_env:
+                value = os.environ.get(args.from_env, "")
+                if not value:
+                    raise AshError(f"${args.from_env} is not set or empty")
+            elif sys.stdin.isatty():
+                value = getpass.getpass(f"value of {args.name}: ")
+            else:
+                value = sys.stdin.read().strip()
+            view = await ash.add_credential(args.name, value, args.kind)
+            if ctx.json:
+                ctx.print_json(view)
+            else:
+                ctx.out.write(f"stored {view.name} ({view.kind})\n")
+        case "rm":
+            await ash.delete_credential(args.name)
+            if not ctx.json:
+                ctx.out.write(f"deleted {args.name}\n")
+        case _:
+            views = await ash.list_credentials()
+            if ctx.json:
+                ctx.print_json(views)
+            else:
+                for v in views:
+                    ctx.out.write(f"{v.name:<24} {v.kind}\n")
     return EXIT_OK
 
 
@@ -151,6 +225,19 @@ def _print_agents(ctx: _Ctx, agents: list[AgentView]) -> None:
     table(ctx.out, ["NAME", "VERSION", "FILES", "SIZE", "DIGEST", "UPDATED"], rows)
 
 
+def _mcp_file(path: str) -> dict[str, Any]:
+    """The servers of a `.mcp.json`-shaped file (`{"mcpServers": {...}}`, or the map itself)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise AshError(f"cannot read MCP servers from {path}: {e}") from e
+    servers = doc.get("mcpServers", doc) if isinstance(doc, dict) else None
+    if not isinstance(servers, dict):
+        raise AshError(f'{path}: expected {{"mcpServers": {{"name": {{...}}}}}}')
+    return servers
+
+
 async def _session(ctx: _Ctx, ash: AsyncClient) -> int:
     args = ctx.args
     match args.session_command:
@@ -160,6 +247,10 @@ async def _session(ctx: _Ctx, ash: AsyncClient) -> int:
                 options["model"] = args.model
             if args.system_prompt:
                 options["system_prompt"] = args.system_prompt
+            if args.credential:
+                options["credential"] = args.credential
+            if args.mcp:
+                options["mcp_servers"] = _mcp_file(args.mcp)
             session = await ash.create_session(args.agent, **options)
             ctx.print_json(session) if ctx.json else ctx.out.write(session.id + "\n")
         case "list":
@@ -323,6 +414,24 @@ async def _history(ctx: _Ctx, ash: AsyncClient) -> int:
         for m in messages:
             text = render_content(m.content).replace("\n", "\n" + " " * 18)
             ctx.out.write(f"#{m.seq:<5} {m.role:<9}  {text}\n")
+    return EXIT_OK
+
+
+async def _usage(ctx: _Ctx, ash: AsyncClient) -> int:
+    a = ctx.args
+    report = await ash.usage(group_by=a.group_by, agent=a.agent, session=a.session,
+                             since=a.since, until=a.until, tenant=a.tenant, limit=a.limit)
+    if ctx.json:
+        ctx.print_json(report)
+        return EXIT_OK
+    header = {"turn": "TURN", "session": "SESSION", "agent": "AGENT", "tenant": "TENANT",
+              "day": "DAY"}[report.group_by]
+    rows = [[u.key, str(u.turns), str(u.input_tokens), str(u.output_tokens),
+             str(u.cache_read_input_tokens + u.cache_creation_input_tokens),
+             f"{u.cost_usd:.4f}", str(u.tool_calls), f"{u.cpu_s:.2f}"]
+            for u in [*report.usage, report.total]]
+    rows[-1][0] = "TOTAL"
+    table(ctx.out, [header, "TURNS", "INPUT", "OUTPUT", "CACHE", "COST $", "TOOLS", "CPU S"], rows)
     return EXIT_OK
 
 
@@ -498,6 +607,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="the agent folder (with CLAUDE.md at its root)")
     p.add_argument("--name", help="the agent's name (default: the folder's name)")
 
+    p = command("keys", "create, list or revoke API keys (admin)", _keys)
+    keys = p.add_subparsers(dest="keys_command", metavar="{create,list,revoke}", required=True)
+    c = command("create", "create a key; prints it (once)", _keys, keys)
+    c.add_argument("name", help="what the key is for")
+    c.add_argument("--scope", action="append", choices=sorted(KEY_SCOPES),
+                   help="a scope (repeat; default sessions:read and sessions:write)")
+    c.add_argument("--tenant", help="another tenant's key (admins of the default tenant)")
+    c = command("list", "list keys (never their secrets)", _keys, keys)
+    c.add_argument("--tenant", help="another tenant's keys (admins of the default tenant)")
+    command("revoke", "revoke a key", _keys, keys).add_argument("id")
+
+    p = command("credentials", "add, list or delete stored credentials (admin)", _credentials)
+    creds = p.add_subparsers(dest="credentials_command", metavar="{add,list,rm}", required=True)
+    c = command("add", "store a credential, its value read from stdin (never argv)",
+                _credentials, creds)
+    c.add_argument("name")
+    c.add_argument("--kind", default="anthropic_api_key",
+                   choices=["anthropic_api_key", "anthropic_auth_token"])
+    c.add_argument("--from-env", metavar="VAR", help="read the value from this variable")
+    command("list", "list credentials (never their values)", _credentials, creds)
+    command("rm", "delete a credential", _credentials, creds).add_argument("name")
+
     p = command("agents", "list deployed agents", _agents)
     agents = p.add_subparsers(dest="agents_command", metavar="{get,delete}")
     command("get", "show one agent", _agents, agents).add_argument("name")
@@ -512,6 +643,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="the model for this session")
     c.add_argument("--system-prompt", help="extra system prompt for this session")
     c.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    c.add_argument("--credential", metavar="NAME",
+                   help="a stored credential: this session's model API key")
+    c.add_argument("--mcp", metavar="FILE",
+                   help="MCP servers, a .mcp.json-shaped file, merged over the agent's")
     command("list", "list sessions", _session, sessions).add_argument(
         "--agent", help="only this agent's"
     )
@@ -541,7 +676,18 @@ def _parser() -> argparse.ArgumentParser:
     command("interrupt", "stop the session's running turn", _interrupt).add_argument("session")
 
     sandbox_cli.add_commands(command)
+    ops_cli.add_commands(command)
     command("health", "show the server's health", _health)
+    p = command("usage", "tokens, cost, tool calls and sandbox CPU of turns, summed", _usage)
+    p.add_argument("--group-by", default="session",
+                   choices=["turn", "session", "agent", "tenant", "day"],
+                   help="one row per ... (default: session)")
+    p.add_argument("--agent", help="only this agent's turns")
+    p.add_argument("--session", help="only this session's turns")
+    p.add_argument("--since", help="from: epoch seconds, ISO 8601 or an age such as 24h or 7d")
+    p.add_argument("--until", help="to (excluded), in the same forms")
+    p.add_argument("--tenant", help="this tenant's (admin keys only)")
+    p.add_argument("--limit", type=int, help="at most this many rows (1000)")
 
     p = command("start", "start the local stack (nats, coordinator, runner) in ASH_HOME", _start)
     p.add_argument("--port", type=int, default=4100, help="the coordinator's port (4100)")

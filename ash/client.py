@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import io
 import os
+import random
 import threading
 from collections.abc import (
     AsyncGenerator,
@@ -55,6 +56,7 @@ from ash.errors import (
     AshError,
     AshTimeoutError,
 )
+from ash.retry import Failure, RetryPolicy, failure_of_status, parse_retry_after
 from ash.sse import SSEParser
 from protocol import codec
 from protocol.api import (
@@ -64,7 +66,11 @@ from protocol.api import (
     AgentList,
     AgentName,
     AgentView,
+    CreateKeyRequest,
     CreateSessionRequest,
+    CredentialCreate,
+    CredentialList,
+    CredentialView,
     ErrorBody,
     ExecRequest,
     FileList,
@@ -72,11 +78,17 @@ from protocol.api import (
     Follow,
     Health,
     InterruptResult,
+    RunnerList,
+    RunnerView,
+    KeyCreated,
+    KeyList,
+    KeyView,
     MessageList,
     MessageView,
     SendMessageRequest,
     SessionList,
     SessionView,
+    UsageReport,
     WorkspaceUploaded,
 )
 from protocol.errors import ErrorCode
@@ -98,26 +110,37 @@ Progress = Callable[[int, int | None], None]
 class AsyncClient:
     """An Ash server's HTTP API.
 
-    `timeout` bounds each ordinary request (seconds). Streams (`send`) and uploads (`deploy`)
-    have no total bound, since a turn may run for minutes; instead `idle_timeout` bounds the
-    silence between two reads (the server sends keep-alives while the agent thinks).
-    An async context manager; `close()` is idempotent.
+    `base_url` defaults to `$ASH_URL`, else http://127.0.0.1:4100; `api_key` to
+    `$ASH_API_KEY` (sent as `Authorization: Bearer`). Timeouts, in seconds: `connect_timeout`
+    bounds making a connection; `timeout` bounds each ordinary request as a whole; streams
+    (`send`, `stream`, `exec`) and transfers (deploy, files, workspace) have no total bound,
+    since a turn may run for minutes: `read_timeout` bounds the silence between two reads
+    instead (the server sends keep-alives while the agent thinks).
+
+    Failed requests are tried again (`retries` more times, backoff 0.25 s doubling to 4 s,
+    with jitter; a server's `Retry-After` is honoured) when a repeat cannot do anything twice:
+    see `ash.retry` for the table. An async context manager; `close()` is idempotent.
     """
 
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | None = None,
         api_key: str | None = None,
         *,
         timeout: float = 30.0,
-        idle_timeout: float = 300.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 300.0,
+        retries: int = 3,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeout, sock_read=idle_timeout
+        self.base_url = (base_url or os.environ.get("ASH_URL") or DEFAULT_URL).rstrip("/")
+        self._api_key = api_key if api_key is not None else os.environ.get("ASH_API_KEY")
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout, sock_connect=min(connect_timeout, timeout)
         )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self.retry = RetryPolicy(attempts=retries + 1)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -165,13 +188,45 @@ class AsyncClient:
     async def delete_agent(self, name: str) -> None:
         await self._call("DELETE", f"/api/agents/{_seg(name)}", None)
 
+    # -- API keys (admin) ------------------------------------------------------------------
+
+    async def create_key(
+        self, name: str, scopes: list[str], tenant: str | None = None
+    ) -> KeyCreated:
+        """A new API key: `.key` is its secret, shown this once."""
+        request = CreateKeyRequest(name=name, scopes=scopes, tenant=tenant)  # type: ignore[arg-type]
+        return await self._call("POST", "/api/keys", KeyCreated, json=request)
+
+    async def list_keys(self, tenant: str | None = None) -> list[KeyView]:
+        path = "/api/keys" + (f"?tenant={_seg(tenant)}" if tenant else "")
+        return (await self._call("GET", path, KeyList)).keys
+
+    async def revoke_key(self, key_id: str) -> KeyView:
+        return await self._call("DELETE", f"/api/keys/{_seg(key_id)}", KeyView)
+
+    # -- credentials (admin) ---------------------------------------------------------------
+
+    async def add_credential(
+        self, name: str, value: str, kind: str = "anthropic_api_key"
+    ) -> CredentialView:
+        """Store a credential (sealed at rest; replaces one of the same name). Its value is
+        never shown again; sessions name it (`credential=`), or agents in `ash.toml`."""
+        request = CredentialCreate(name=name, kind=kind, value=value)  # type: ignore[arg-type]
+        return await self._call("POST", "/api/credentials", CredentialView, json=request)
+
+    async def list_credentials(self) -> list[CredentialView]:
+        return (await self._call("GET", "/api/credentials", CredentialList)).credentials
+
+    async def delete_credential(self, name: str) -> None:
+        await self._call("DELETE", f"/api/credentials/{_seg(name)}", None)
+
     # -- sessions --------------------------------------------------------------------------
 
     async def create_session(self, agent: str, **options: Any) -> SessionView:
         """Start a session with `agent`; `options` are `CreateSessionRequest` fields
-        (`model`, `system_prompt`, `env`)."""
+        (`model`, `system_prompt`, `env`, `mcp_servers`, `credential`)."""
         request = CreateSessionRequest(agent=agent, **options)
-        return await self._call("POST", "/api/sessions", SessionView, json=request)
+        return await self._call("POST", "/api/sessions", SessionView, json=request, safe=True)
 
     async def list_sessions(self, agent: str | None = None) -> list[SessionView]:
         params = {"agent": agent} if agent is not None else None
@@ -187,12 +242,14 @@ class AsyncClient:
     async def pause_session(self, session_id: str) -> SessionView:
         """Pause the session: its sandbox is frozen and snapshotted (status `paused`). A
         message to a paused session resumes it; so does `resume_session`."""
-        return await self._call("POST", f"/api/sessions/{_seg(session_id)}/pause", SessionView)
+        return await self._call("POST", f"/api/sessions/{_seg(session_id)}/pause", SessionView,
+                                safe=True)  # fmt: skip
 
     async def resume_session(self, session_id: str) -> SessionView:
         """Resume the session: thawed where it was, or restored from its snapshot on any
         runner with its conversation (status `active`)."""
-        return await self._call("POST", f"/api/sessions/{_seg(session_id)}/resume", SessionView)
+        return await self._call("POST", f"/api/sessions/{_seg(session_id)}/resume", SessionView,
+                                safe=True)  # fmt: skip
 
     async def fork_session(self, session_id: str) -> SessionView:
         """A new session with copies of this one's workspace and conversation; both go on
@@ -206,6 +263,23 @@ class AsyncClient:
 
     async def health(self) -> Health:
         return await self._call("GET", "/health", Health)
+
+    async def list_runners(self) -> list[RunnerView]:
+        """The fleet's runners as the registry shows them: sessions, cap, draining, labels."""
+        return (await self._call("GET", "/api/runners", RunnerList)).runners
+
+    async def usage(
+        self, *, group_by: str = "session", agent: str | None = None,
+        session: str | None = None, since: str | float | None = None,
+        until: str | float | None = None, tenant: str | None = None, limit: int | None = None,
+    ) -> UsageReport:
+        """Tokens, cost, tool calls and sandbox CPU of turns, summed by `group_by` (turn,
+        session, agent, tenant or day). `since`/`until`: epoch seconds, ISO 8601 or an age
+        such as "24h"; `tenant` needs an admin key."""
+        given = {"group_by": group_by, "agent": agent, "session": session, "since": since,
+                 "until": until, "tenant": tenant, "limit": limit}
+        params = {k: str(v) for k, v in given.items() if v is not None}
+        return await self._call("GET", "/api/usage", UsageReport, params=params)
 
     async def send(
         self, session_id: str, content: str, *, model: str | None = None, reattach: int = 5
@@ -225,9 +299,10 @@ class AsyncClient:
         headers = self._headers({"Accept": "text/event-stream", "Content-Type": "application/json"})
         cursor = _Cursor()
         try:
-            async with self._http().post(
-                url, data=codec.encode(request), headers=headers, timeout=self._stream_timeout
-            ) as response:
+            async with await self._respond(
+                "POST", url, data=codec.encode(request), headers=headers,
+                timeout=self._stream_timeout, safe=True,
+            ) as response:  # fmt: skip
                 await _raise_for_status(response)
                 cursor.turn_id = response.headers.get(TURN_ID_HEADER)
                 with contextlib.suppress(ValueError):
@@ -265,6 +340,27 @@ class AsyncClient:
         cursor = _Cursor(after=after)
         async for event in self._reattach(session_id, cursor, follow, reattach, None):
             yield event
+
+    async def logs(
+        self, session_id: str, after: int = 0, *, follow: bool = False
+    ) -> AsyncGenerator[Event, None]:
+        """A session's events with seq > `after`, every turn's, oldest first: up to its last
+        event when called, or, with `follow`, on and on as new turns run (until the caller
+        stops or the session ends)."""
+        if follow:
+            async for event in self.stream(session_id, after, follow="session"):
+                yield event
+            return
+        # Turn by turn: each stream ends at a `done` (a running turn's, once it ends), and
+        # at once, empty, when nothing is left after the cursor.
+        cursor = after
+        while True:
+            before = cursor
+            async for event in self.stream(session_id, cursor, follow="turn"):
+                cursor = event.seq
+                yield event
+            if cursor == before:
+                return
 
     async def _reattach(
         self,
@@ -333,7 +429,8 @@ class AsyncClient:
         """Stop the session's running turn; returns once its `done` (reason `interrupted`)
         is out. `AshError(conflict)`, status 409, when no turn is running."""
         path = f"/api/sessions/{_seg(session_id)}/interrupt"
-        return await self._call("POST", path, InterruptResult, timeout=self._stream_timeout)
+        return await self._call("POST", path, InterruptResult, timeout=self._stream_timeout,
+                                safe=True)  # fmt: skip
 
     def _stream_error(self, exc: BaseException) -> AshError:
         if isinstance(exc, aiohttp.ClientError):
@@ -376,9 +473,10 @@ class AsyncClient:
         headers = self._headers({"Accept": "text/event-stream", "Content-Type": "application/json"})
         parser = SSEParser()
         try:
-            async with self._http().post(
-                url, data=codec.encode(request), headers=headers, timeout=self._stream_timeout
-            ) as response:
+            async with await self._respond(
+                "POST", url, data=codec.encode(request), headers=headers,
+                timeout=self._stream_timeout, safe=True,
+            ) as response:  # fmt: skip
                 await _raise_for_status(response)
                 async for chunk in response.content.iter_any():
                     for frame in parser.feed(chunk):
@@ -472,8 +570,8 @@ class AsyncClient:
     ) -> int:
         done = 0
         try:
-            async with self._http().get(
-                self.base_url + path, params=params, headers=self._headers(),
+            async with await self._respond(
+                "GET", self.base_url + path, params=params, headers=self._headers(),
                 timeout=self._stream_timeout,
             ) as response:  # fmt: skip
                 await _raise_for_status(response)
@@ -515,9 +613,12 @@ class AsyncClient:
                 code=ErrorCode.payload_too_large,
             )
         source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        start = _position(source)
 
         async def body() -> AsyncIterator[bytes]:
             sent = 0
+            if start is not None:
+                source.seek(start)  # a retry sends the same bytes again
             while piece := source.read(PIECE):
                 sent += len(piece)
                 if progress is not None:
@@ -527,7 +628,9 @@ class AsyncClient:
         headers = {"Content-Type": content_type}
         if size is not None:
             headers["Content-Length"] = str(size)
-        return await self._call(method, path, type_, params=params, data=body(), headers=headers,
+        # A body that cannot be read again (a pipe) is sent once: no retry could resend it.
+        return await self._call(method, path, type_, params=params,
+                                data=body if start is not None else body(), headers=headers,
                                 timeout=self._stream_timeout)  # fmt: skip
 
     # -- plumbing --------------------------------------------------------------------------
@@ -555,30 +658,55 @@ class AsyncClient:
         *,
         params: dict[str, str] | None = None,
         json: Any = None,
-        data: bytes | AsyncIterator[bytes] | None = None,
+        data: bytes | AsyncIterator[bytes] | Callable[[], AsyncIterator[bytes]] | None = None,
         headers: dict[str, str] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
+        safe: bool = False,
     ) -> T:
+        """One request, tried again as `ash.retry` allows (`safe`: a POST whose 503 did
+        nothing a repeat would duplicate). `data` may be a factory of a fresh body per try;
+        a one-shot async iterator is sent once."""
         if json is not None:
             data = codec.encode(json)
             headers = {**(headers or {}), "Content-Type": "application/json"}
-        try:
-            async with self._http().request(
-                method,
-                self.base_url + path,
-                params=params,
-                data=data,
-                headers=self._headers(headers),
-                timeout=timeout or self._timeout,
-            ) as response:
-                await _raise_for_status(response)
-                body = await response.read()
-        except aiohttp.ClientError as exc:
-            raise self._transport_error(exc) from exc
-        except TimeoutError as exc:
-            raise AshTimeoutError(
-                f"the Ash server at {self.base_url} did not answer {method} {path} in time"
-            ) from exc
+        idempotent = method in _IDEMPOTENT
+        one_shot = data is not None and not isinstance(data, bytes) and not callable(data)
+        attempt = 0
+        while True:
+            failure: Failure | None = None
+            try:
+                async with self._http().request(
+                    method,
+                    self.base_url + path,
+                    params=params,
+                    data=data() if callable(data) else data,
+                    headers=self._headers(headers),
+                    timeout=timeout or self._timeout,
+                ) as response:
+                    failure = failure_of_status(response.status)
+                    wait = None
+                    if failure is not None and not one_shot and self.retry.allows(
+                        failure, idempotent=idempotent, safe=safe
+                    ):
+                        wait = self.retry.delay(attempt, random.random(),
+                                                parse_retry_after(response.headers.get("Retry-After")))
+                    if wait is None:
+                        await _raise_for_status(response)
+                        body = await response.read()
+                        break
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failure = _failure_of(exc)
+                wait = None
+                if not one_shot and self.retry.allows(failure, idempotent=idempotent, safe=safe):
+                    wait = self.retry.delay(attempt, random.random())
+                if wait is None:
+                    if isinstance(exc, aiohttp.ClientError):
+                        raise self._transport_error(exc) from exc
+                    raise AshTimeoutError(
+                        f"the Ash server at {self.base_url} did not answer {method} {path} in time"
+                    ) from exc
+            await asyncio.sleep(wait)
+            attempt += 1
         if type_ is None:
             return None  # type: ignore[return-value]
         try:
@@ -589,6 +717,45 @@ class AsyncClient:
                 code=INVALID_RESPONSE,
                 status=response.status,
             ) from exc
+
+    async def _respond(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, str] | None = None,
+        data: bytes | None = None,
+        headers: dict[str, str],
+        timeout: aiohttp.ClientTimeout,
+        safe: bool = False,
+    ) -> aiohttp.ClientResponse:
+        """The response to a streamed request once its headers arrive, tried again as
+        `ash.retry` allows until then; the caller reads (and closes) it."""
+        idempotent = method in _IDEMPOTENT
+        attempt = 0
+        while True:
+            try:
+                response = await self._http().request(
+                    method, url, params=params, data=data, headers=headers, timeout=timeout
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failure = _failure_of(exc)
+                wait = (self.retry.delay(attempt, random.random())
+                        if self.retry.allows(failure, idempotent=idempotent, safe=safe) else None)
+                if wait is None:
+                    raise
+            else:
+                failure = failure_of_status(response.status)
+                if failure is None or not self.retry.allows(failure, idempotent=idempotent,
+                                                            safe=safe):
+                    return response
+                wait = self.retry.delay(attempt, random.random(),
+                                        parse_retry_after(response.headers.get("Retry-After")))
+                if wait is None:
+                    return response
+                response.release()
+            await asyncio.sleep(wait)
+            attempt += 1
 
     def _transport_error(self, exc: aiohttp.ClientError) -> AshError:
         if isinstance(exc, aiohttp.ClientConnectorError):
@@ -617,13 +784,17 @@ class Client:
 
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | None = None,
         api_key: str | None = None,
         *,
         timeout: float = 30.0,
-        idle_timeout: float = 300.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 300.0,
+        retries: int = 3,
     ) -> None:
-        self._async = AsyncClient(base_url, api_key, timeout=timeout, idle_timeout=idle_timeout)
+        self._async = AsyncClient(base_url, api_key, timeout=timeout,
+                                  connect_timeout=connect_timeout, read_timeout=read_timeout,
+                                  retries=retries)  # fmt: skip
         self.base_url = self._async.base_url
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -670,6 +841,26 @@ class Client:
     def delete_agent(self, name: str) -> None:
         self._run(self._async.delete_agent(name))
 
+    def create_key(self, name: str, scopes: list[str], tenant: str | None = None) -> KeyCreated:
+        return self._run(self._async.create_key(name, scopes, tenant))
+
+    def list_keys(self, tenant: str | None = None) -> list[KeyView]:
+        return self._run(self._async.list_keys(tenant))
+
+    def revoke_key(self, key_id: str) -> KeyView:
+        return self._run(self._async.revoke_key(key_id))
+
+    def add_credential(
+        self, name: str, value: str, kind: str = "anthropic_api_key"
+    ) -> CredentialView:
+        return self._run(self._async.add_credential(name, value, kind))
+
+    def list_credentials(self) -> list[CredentialView]:
+        return self._run(self._async.list_credentials())
+
+    def delete_credential(self, name: str) -> None:
+        self._run(self._async.delete_credential(name))
+
     def create_session(self, agent: str, **options: Any) -> SessionView:
         return self._run(self._async.create_session(agent, **options))
 
@@ -696,6 +887,17 @@ class Client:
 
     def health(self) -> Health:
         return self._run(self._async.health())
+
+    def list_runners(self) -> list[RunnerView]:
+        return self._run(self._async.list_runners())
+
+    def logs(self, session_id: str, after: int = 0, *, follow: bool = False) -> Iterator[Event]:
+        """A session's events after `after` (see `AsyncClient.logs`)."""
+        yield from self._iterate(self._async.logs(session_id, after, follow=follow))
+
+    def usage(self, **filters: Any) -> UsageReport:
+        """See `AsyncClient.usage`."""
+        return self._run(self._async.usage(**filters))
 
     def exec(
         self,
@@ -787,6 +989,24 @@ class Client:
 
 async def _anext(stream: AsyncIterator[T]) -> T:
     return await stream.__anext__()
+
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
+
+def _failure_of(exc: BaseException) -> Failure:
+    """Whether a transport error happened before the request could reach the server."""
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return Failure.unsent
+    return Failure.broken
+
+
+def _position(f: IO[bytes]) -> int | None:
+    """Where a seekable file object stands (a retry rewinds there), else None."""
+    try:
+        return f.tell() if f.seekable() else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _check_path(path: str, *, allow_root: bool = False) -> str:

@@ -118,7 +118,7 @@ async def _wait_ready(
     progress = _Progress(out)
     until = time.monotonic() + deadline
     said_coordinator = False
-    async with AsyncClient(config.url, timeout=2.0) as client:
+    async with AsyncClient(config.url, timeout=2.0, retries=0) as client:  # it polls itself
         while True:
             code = proc.poll()
             if code is not None:

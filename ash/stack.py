@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -119,6 +121,11 @@ class StackPaths:
         return self.home / "stack-config.json"
 
     @property
+    def api_key_file(self) -> Path:
+        """The admin key `ash start` minted (mode 0600); the CLI uses it when given no key."""
+        return self.home / "credentials"
+
+    @property
     def logs(self) -> Path:
         return self.home / "logs"
 
@@ -153,6 +160,7 @@ def child_env(config: StackConfig, nats_url: str, environ: Mapping[str, str]) ->
     """
     paths = StackPaths(Path(config.home))
     env = {k: v for k, v in environ.items() if k not in CLIENT_ONLY_VARS}
+    env.setdefault("ASH_LOG_FORMAT", "text")  # a person reads `ash start`'s logs
     env.update(
         ASH_NATS_URL=nats_url,
         ASH_HOME=str(paths.home),
@@ -163,6 +171,48 @@ def child_env(config: StackConfig, nats_url: str, environ: Mapping[str, str]) ->
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def mint_api_key() -> str:
+    """A new key in the coordinator's format (`ash_<12 hex>_<secret>`)."""
+    return f"ash_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+
+
+def stored_api_key(home: Path) -> str | None:
+    """The admin key `ash start` keeps under `home`, if any."""
+    try:
+        return StackPaths(home).api_key_file.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def ensure_admin_key(home: Path) -> str:
+    """The stack's admin key: the stored one, else a new one written with mode 0600."""
+    key = stored_api_key(home)
+    if key:
+        return key
+    key = mint_api_key()
+    path = StackPaths(home).api_key_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process wrote it meanwhile
+        return stored_api_key(home) or key
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+def ensure_credentials_key(home: Path) -> Path:
+    """The key file that seals the stack's stored credentials (`ASH_CREDENTIALS_KEY_FILE`):
+    32 random bytes, base64, made once with mode 0600 and kept (losing it loses them)."""
+    path = home / "credentials.key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    return path
 
 
 def running_pid(home: Path) -> int | None:
@@ -226,7 +276,14 @@ class Supervisor:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 await self._start_nats(stack, watchers)
-                env = child_env(self.config, self._state.nats_url or "", self._environ)
+                # Auth is on: the coordinator stores the admin key kept in ASH_HOME.
+                environ = {"ASH_AUTH": "required",
+                           "ASH_BOOTSTRAP_ADMIN_KEY": ensure_admin_key(self.paths.home),
+                           **self._environ}
+                if not {"ASH_CREDENTIALS_KEY", "ASH_CREDENTIALS_KEY_FILE"} & set(environ):
+                    environ["ASH_CREDENTIALS_KEY_FILE"] = str(
+                        ensure_credentials_key(self.paths.home))
+                env = child_env(self.config, self._state.nats_url or "", environ)
                 for spec in self._specs:
                     if self._stop.is_set():
                         break

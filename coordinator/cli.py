@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -11,6 +10,7 @@ import uvloop
 
 from coordinator import app
 from coordinator.config import from_env
+from protocol import logs
 from protocol.config import ConfigError, describe
 
 
@@ -23,10 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"ash-coordinator: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(config.log_level, config.log_format)
     if args.command == "check-config":
         print(describe(config))
         return 0

@@ -51,9 +51,33 @@ class CoordinatorConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
     overcommit_memory: float = 2.0
     overcommit_cpu: float = 16.0
     placement_choices: int = 2
+    # Stored credentials (coordinator/credentials.py) are sealed with AES-256-GCM under this
+    # key: 32 bytes, base64, given directly or in a file (mode 0600); without one, storing a
+    # credential is refused.
+    credentials_key: str = ""
+    credentials_key_file: str = ""
+    # API keys (coordinator/auth.py): `required` (the default) answers 401 without a valid
+    # key; `off` is for development only: every caller is the default tenant with all scopes.
+    # bootstrap_admin_key: a key (`ash_<12 hex>_<secret>`, e.g. from `ash keys mint`) stored at
+    # start as an admin key of the default tenant if its id is new (`ash start` sets it).
+    auth: str = "required"
+    bootstrap_admin_key: str = ""
+    # Per-key limits (coordinator/ratelimit.py), per coordinator process: session creates a
+    # minute with bursts, and turns running at once; 0 turns a limit off. 429 + Retry-After.
+    rate_session_creates_per_min: float = 60.0
+    rate_session_creates_burst: int = 20
+    max_concurrent_turns_per_key: int = 16
     log_level: str = "INFO"
+    log_format: str = "json"  # json (one object a line, with session/turn ids) | text
 
     def __post_init__(self) -> None:
+        if self.auth not in ("required", "off"):
+            raise settings.ConfigError(f"ASH_AUTH must be required or off, not {self.auth}")
+        if min(self.rate_session_creates_per_min, self.rate_session_creates_burst,
+               self.max_concurrent_turns_per_key) < 0:
+            raise settings.ConfigError("rate limits must be >= 0 (0: off)")
+        if self.log_format not in ("json", "text"):
+            raise settings.ConfigError(f"ASH_LOG_FORMAT must be json or text, not {self.log_format}")
         if not 0 < self.port < 65536:
             raise settings.ConfigError(f"ASH_PORT must be 1-65535, not {self.port}")
         if self.database_pool_size < 1:

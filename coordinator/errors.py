@@ -21,6 +21,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.info = ErrorInfo(code=str(code), message=message, retryable=retryable)
+        self.headers: dict[str, str] = {}  # extra response headers (Retry-After on a 429)
 
     @classmethod
     def from_info(cls, status: int, info: ErrorInfo) -> ApiError:

@@ -56,8 +56,10 @@ class Placer:
         self, directory: RunnerDirectory, bus: Bus, bundle_store: BundleStore, policy: Policy,
         create_timeout_s: float, rng: RandomSource | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self._directory = directory
+        self._observe = observe  # (outcome placed | failed, seconds): the placement histogram
         self._bus = bus
         self._bundles = bundle_store
         self.policy = policy
@@ -74,6 +76,16 @@ class Placer:
             ApiError: 503 `no_runner` when no runner can take it (the message says why each
                 cannot), or the last runner's refusal.
         """
+        started, outcome = time.perf_counter(), "failed"
+        try:
+            accepted = await self._place(command, exclude)
+            outcome = "placed"
+            return accepted
+        finally:
+            if self._observe is not None:
+                self._observe(outcome, time.perf_counter() - started)
+
+    async def _place(self, command: CreateSession, exclude: frozenset[str]) -> Accepted:
         demand = await self.demand(command)
         tried = set(exclude)
         last: Rejected | None = None

@@ -17,6 +17,9 @@
     [placement]
     labels = { zone = "a" }  # only runners started with each of these labels (ASH_RUNNER_LABELS)
 
+    [credentials]
+    model = "team-key"       # a stored credential (`ash credentials add`): the model API key
+
 It is config, so unknown keys are errors (STYLE rule 6): a typo such as `memroy_mb` must not
 be silently ignored. `parse_agent_config` is pure and lives here, in `protocol`, so that the
 coordinator can refuse a bad file at deploy time with the same message a runner would give.
@@ -81,6 +84,14 @@ class AgentPlacement(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     labels: dict[LabelKey, LabelValue] = {}
 
 
+class AgentCredentials(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """`[credentials]`: stored credentials (`ash credentials add`) the agent's sessions use.
+    `model`: the model API key, sent by the runner's egress proxy in place of the sandbox's
+    placeholder; a session's own `credential` wins over it."""
+
+    model: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] | None = None
+
+
 class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The whole `ash.toml`; an agent without one gets `AgentConfig()`."""
 
@@ -88,6 +99,7 @@ class AgentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     pool: AgentPool = AgentPool()
     network: AgentNetwork = AgentNetwork()
     placement: AgentPlacement = AgentPlacement()
+    credentials: AgentCredentials = AgentCredentials()
 
 
 class AgentConfigError(ValueError):

@@ -15,7 +15,7 @@ Unknown fields are tolerated (rolling upgrades); unknown tags are rejected by th
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -32,11 +32,32 @@ class AgentRef(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class SessionOptions(msgspec.Struct, kw_only=True, frozen=True):
-    """Per-session options that differ from the agent's defaults."""
+    """Per-session options that differ from the agent's defaults.
+
+    `mcp_servers`: MCP servers by name, merged over the agent's `.mcp.json` (a name in both:
+    the session's wins); each is the `.mcp.json` entry itself (`{"type": "stdio", "command",
+    "args", "env"}` or `{"type": "http" | "sse", "url", "headers"}`)."""
 
     model: str | None = None
     system_prompt: str | None = None
     env: dict[str, str] = {}
+    mcp_servers: dict[str, dict[str, Any]] = {}
+
+
+class ModelCredential(msgspec.Struct, kw_only=True, frozen=True):
+    """A stored credential for the model API, decrypted by the coordinator for one session.
+
+    It travels only inside `CreateSession`, over NATS (TLS and a per-runner user that alone may
+    read its command subject keep it from anyone else), and lives on the runner only in its
+    egress proxy, which sends it upstream in place of the sandbox's placeholder: never in the
+    sandbox, the event log or a log line (`repr` hides it)."""
+
+    name: str
+    api_key: str = ""  # sent as x-api-key
+    auth_token: str = ""  # sent as authorization: Bearer
+
+    def __repr__(self) -> str:
+        return f"ModelCredential(name={self.name!r}, api_key=***, auth_token=***)"
 
 
 class CreateSession(msgspec.Struct, kw_only=True, frozen=True, tag="create_session"):
@@ -51,6 +72,8 @@ class CreateSession(msgspec.Struct, kw_only=True, frozen=True, tag="create_sessi
     transcript is not there, the CLI starts a new conversation and the session's next turn
     carries an `error` event `conversation_not_restored` (the session itself does not fail).
     `fork`: resume the conversation as a fork, under a new Claude session id.
+    `credential`: the model API key the runner's egress proxy uses for this session's sandbox
+    instead of its own (the sandbox keeps its placeholder; a warm sandbox can still be claimed).
     """
 
     session_id: str
@@ -60,6 +83,7 @@ class CreateSession(msgspec.Struct, kw_only=True, frozen=True, tag="create_sessi
     restore: bool = False
     restore_from: str | None = None
     fork: bool = False
+    credential: ModelCredential | None = None  # the model key for this session's sandbox
 
 
 class SendTurn(msgspec.Struct, kw_only=True, frozen=True, tag="send_turn"):

@@ -57,7 +57,8 @@ def load(
 
 
 # Fields that hold a secret: shown as "***" wherever a config is printed or logged.
-SECRET_FIELDS = frozenset({"nats_password", "anthropic_api_key"})
+SECRET_FIELDS = frozenset({"nats_password", "anthropic_api_key", "credentials_key",
+                           "bootstrap_admin_key"})
 
 
 def redact_url(url: str) -> str:
@@ -100,6 +101,14 @@ ALL_SETTINGS: frozenset[str] = frozenset(
         "ASH_HOME",
         "ASH_NATS_URL",
         "ASH_LOG_LEVEL",
+        "ASH_AUTH",
+        "ASH_BOOTSTRAP_ADMIN_KEY",
+        "ASH_RATE_SESSION_CREATES_PER_MIN",
+        "ASH_RATE_SESSION_CREATES_BURST",
+        "ASH_MAX_CONCURRENT_TURNS_PER_KEY",
+        "ASH_CREDENTIALS_KEY",
+        "ASH_CREDENTIALS_KEY_FILE",
+        "ASH_LOG_FORMAT",
         "ASH_NATS_USER",
         "ASH_NATS_PASSWORD",
         "ASH_NATS_TLS_CA",
@@ -146,6 +155,8 @@ ALL_SETTINGS: frozenset[str] = frozenset(
         "ASH_POOL_IDLE_S",
         "ASH_SNAPSHOT_DEBOUNCE_S",
         "ASH_SNAPSHOT_MAX_MB",
+        "ASH_RUNNER_METRICS_PORT",
+        "ASH_RUNNER_METRICS_HOST",
         # client
         "ASH_URL",
         "ASH_API_KEY",

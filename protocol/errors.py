@@ -38,6 +38,9 @@ class ErrorCode(enum.StrEnum):
     out_of_memory = "out_of_memory"
     conversation_not_restored = "conversation_not_restored"
     runner_lost = "runner_lost"
+    rate_limited = "rate_limited"
+    not_ready = "not_ready"
+    credentials_unavailable = "credentials_unavailable"
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True, frozen=True):

@@ -7,7 +7,14 @@ exactly one per event, across turns and across runners, so a client can resume w
 A turn's events, in order:
 
     session_start -> user_message -> ( text_delta | thinking_delta | tool_use | tool_result
-                                       | message )* -> turn_complete? -> error? -> done
+                                       | message | mcp_status )* -> turn_complete?
+                  -> mcp_status? -> error? -> done
+
+`mcp_status` reports every MCP server of the session (the agent's `.mcp.json` merged with the
+session's own) and whether it connected: in the first turn of a CLI that has any, and again
+whenever a status changes (after `turn_complete` when a server was still connecting at the
+turn's start), so a server that failed is never silent. The session view keeps the
+latest (`SessionView.mcp_servers`).
 
 `message` passes the SDK's message through unchanged (as a dict), after the derived events for
 it, so nothing the SDK says is lost. `done` always ends a turn, whatever happened.
@@ -92,16 +99,54 @@ class TurnComplete(_Event, tag="turn_complete"):
     claude_session_id: str | None = None
 
 
+class McpServerState(msgspec.Struct, kw_only=True, frozen=True):
+    """One MCP server as the CLI reports it. `status`: connected, failed, pending,
+    needs-auth or disabled (the CLI's words); `error` says why one failed."""
+
+    name: str
+    status: str
+    transport: str | None = None  # stdio, http, sse
+    error: str | None = None
+
+
+class McpStatus(_Event, tag="mcp_status"):
+    """The connection status of each of the session's MCP servers."""
+
+    servers: list[McpServerState] = []
+
+
 class Error(_Event, tag="error"):
     """The turn failed; `done` follows."""
 
     error: ErrorInfo
 
 
+class TurnUsage(msgspec.Struct, kw_only=True, frozen=True):
+    """What a turn used, as its runner measured it (carried by `done`).
+
+    Tokens and `total_cost_usd` are the CLI's `result` (absent when the turn ended without
+    one); `tool_calls` counts the turn's `tool_use` events; `cpu_s` is the CPU time the
+    sandbox's cgroup used from the turn's start to its end (the CLI and every tool it ran),
+    None where the runner has no cgroup accounting.
+    """
+
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    total_cost_usd: float | None = None
+    tool_calls: int = 0
+    cpu_s: float | None = None
+    duration_ms: int = 0
+
+
 class Done(_Event, tag="done"):
-    """The end of a turn. `reason`: completed, interrupted, error or timeout."""
+    """The end of a turn. `reason`: completed, interrupted, error or timeout. `usage`: what
+    the turn used (None from runners that predate it)."""
 
     reason: str = "completed"
+    usage: TurnUsage | None = None
 
 
 Event = (
@@ -113,6 +158,7 @@ Event = (
     | ToolResult
     | Message
     | TurnComplete
+    | McpStatus
     | Error
     | Done
 )
@@ -126,6 +172,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "tool_result",
     "message",
     "turn_complete",
+    "mcp_status",
     "error",
     "done",
 )

@@ -10,18 +10,30 @@ SDK messages become protocol event drafts `(EventType, fields)`:
     assistant                         -> tool_use per tool block, then message
     user (tool results)               -> tool_result per block, then message
     system                            -> message (init also tells the Claude session id)
+                                         init listing MCP servers -> mcp_status first
     result                            -> turn_complete, then message
 
 `message` carries the CLI's own JSON for that message, unchanged.
+
+MCP: the CLI gets the session's servers (the agent's `.mcp.json` merged with the session's
+own, `runner.agentconf`) as its only MCP config (`--mcp-config`, `--strict-mcp-config`), so
+stdio servers run inside the sandbox. Every turn's `system/init` lists them with a status; the
+bridge asks the CLI for the details (`mcp_status`: the error of a failed one, its transport)
+and emits `mcp_status` when the statuses differ from the last it emitted (so the first turn
+always reports them, and later turns only changes). A server still `pending` at init is asked
+about again after the turn's result. An HTTP server whose host the egress proxy refuses is
+reported `failed` with the proxy's reason (`AgentOptions.mcp_refused`; the CLI itself would
+read the proxy's 403 as `needs-auth`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +45,8 @@ from protocol import events
 logger = logging.getLogger(__name__)
 
 Draft = tuple[type[events.Event], dict[str, Any]]
+
+MCP_STATUS_TIMEOUT_S = 5.0  # for the CLI's answer about its MCP servers
 
 # Types of CLI output the SDK consumes itself and never yields.
 _NOT_YIELDED = {"control_request", "control_response", "control_cancel_request", "transcript_mirror"}
@@ -91,6 +105,8 @@ class AgentOptions:
     system_prompt: str | None = None
     resume: str | None = None
     fork: bool = False  # with resume: continue the conversation under a new Claude session id
+    mcp_servers: Mapping[str, Mapping[str, Any]] | None = None  # the merged MCP config
+    mcp_refused: Mapping[str, str] | None = None  # servers the egress proxy refuses, and why
 
 
 class Conversation:
@@ -113,10 +129,14 @@ class Conversation:
             resume=options.resume,
             fork_session=options.fork,
             stderr=self._on_stderr,
+            mcp_servers={  # type: ignore[misc]
+                k: dict(v) for k, v in (options.mcp_servers or {}).items()},
+            strict_mcp_config=True,  # exactly the merged servers: not the workspace's again
         )
         self._transport = _SandboxTransport(sdk_options, launcher, options.cli_inside)
         self._client = sdk.ClaudeSDKClient(sdk_options, transport=self._transport)
         self.broken = False
+        self.mcp_reported: tuple[tuple[str, str, str | None], ...] | None = None
 
     async def connect(self) -> None:
         await self._client.connect()
@@ -143,12 +163,53 @@ class Conversation:
         self._transport.raw.clear()
         try:
             await self._client.query(content)
+            pending = False
             async for msg in self._client.receive_response():
+                if (isinstance(msg, sdk.SystemMessage) and msg.subtype == "init"
+                        and msg.data.get("mcp_servers")):
+                    draft = await self._mcp_draft(msg.data["mcp_servers"])
+                    if draft is not None:
+                        yield draft
+                    pending = any(s.get("status") == "pending" for s in msg.data["mcp_servers"])
                 for draft in self._drafts(msg):
+                    yield draft
+            if pending:  # a server was still connecting at init: say how it ended up
+                draft = await self._mcp_draft([])
+                if draft is not None:
                     yield draft
         except Exception:
             self.broken = True
             raise
+
+    async def _mcp_draft(self, listed: list[dict[str, Any]]) -> Draft | None:
+        """An mcp_status draft from the CLI's details (`listed`, init's short list, if the CLI
+        does not answer), or None when nothing changed since the last one."""
+        servers = [events.McpServerState(name=str(s.get("name")), status=str(s.get("status")))
+                   for s in listed if isinstance(s, dict)]
+        try:
+            async with asyncio.timeout(MCP_STATUS_TIMEOUT_S):
+                answer = await self._client.get_mcp_status()
+            servers = [
+                events.McpServerState(
+                    name=str(s.get("name")), status=str(s.get("status")),
+                    transport=s.get("transport") or (s.get("config") or {}).get("type"),
+                    error=s.get("error"))
+                for s in answer.get("mcpServers", []) if isinstance(s, dict)
+            ] or servers
+        except Exception as e:  # an older CLI, or a busy one: the init list still tells
+            logger.debug("mcp_status: %s", e)
+        refused = self.options.mcp_refused or {}
+        servers = [events.McpServerState(name=s.name, status="failed", transport=s.transport,
+                                         error=refused[s.name])
+                   if s.name in refused and s.status != "connected" else s for s in servers]
+        key = tuple((s.name, s.status, s.error) for s in servers)
+        if not servers or key == self.mcp_reported:
+            return None
+        self.mcp_reported = key
+        for s in servers:
+            if s.status == "failed":
+                logger.info("MCP server %s failed: %s", s.name, s.error or "(no detail)")
+        return events.McpStatus, {"servers": servers}
 
     def _raw_for(self, kind: str, msg: Any) -> dict[str, Any]:
         while self._transport.raw:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 import uvloop
 
+from protocol import logs
 from protocol.config import ConfigError, describe
 from runner import daemon
 from runner.config import from_env
@@ -23,10 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"ash-runner: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(config.log_level, config.log_format)
     if args.command == "check-config":
         print(describe(config))
         return 0

@@ -70,6 +70,10 @@ class RunnerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     net_subnet: str = "10.231.0.0/16"  # /30 per slot; pick one the host's networks do not use
     net_prefix: str = ""  # netns/interface name prefix; default derived from the runner id
     log_level: str = "INFO"
+    log_format: str = "json"  # json (one object a line, with runner/session/turn ids) | text
+    # Prometheus /metrics over HTTP on this port (0: not served) and address.
+    runner_metrics_port: int = 0
+    runner_metrics_host: str = "127.0.0.1"
     anthropic_api_key: str = ""
     anthropic_base_url: str = ""
 
@@ -92,6 +96,10 @@ class RunnerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
         if min(self.pool_warm_max, self.pool_generic) < 0 or self.pool_idle_s <= 0:
             raise settings.ConfigError("ASH_POOL_WARM_MAX, ASH_POOL_GENERIC must be >= 0 and "
                                        "ASH_POOL_IDLE_S > 0")
+        if self.log_format not in ("json", "text"):
+            raise settings.ConfigError(f"ASH_LOG_FORMAT must be json or text, not {self.log_format}")
+        if not 0 <= self.runner_metrics_port < 65536:
+            raise settings.ConfigError("ASH_RUNNER_METRICS_PORT must be 0 (off) to 65535")
         if self.snapshot_debounce_s <= 0 or self.snapshot_max_mb < 1:
             raise settings.ConfigError("ASH_SNAPSHOT_DEBOUNCE_S must be > 0 and "
                                        "ASH_SNAPSHOT_MAX_MB >= 1")

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 
 import nats
 
-from protocol import access, subjects
-from protocol.commands import AgentRef, CreateSession
+from protocol import access, logs, subjects
+from protocol.commands import AgentRef, CreateSession, ModelCredential
 from protocol.errors import ErrorCode, ErrorInfo
 from protocol.jetstream import Layout, ensure_layout
 from protocol.runners import Resources, RunnerAdvert, SessionActivity
@@ -59,12 +59,12 @@ from runner.files import FileService
 from runner.capacity import HostCapacity
 from runner.heartbeat import Heartbeat
 from runner.intake import Intake
-from runner.metrics import RunnerMetrics
+from runner.metrics import MetricsServer, RunnerMetrics
 from runner.pool import Request, WarmPool
 from runner.publisher import EventPublisher, last_seq
 from runner.sandbox import cgroups
 from runner.sandbox import disk as disks
-from runner.egress import Credentials, EgressProxy, ModelUpstream, new_placeholder
+from runner.egress import Credentials, EgressProxy, ModelUpstream, Rule, new_placeholder
 from runner.egress import sandbox_env as egress_env
 from runner.sandbox.errors import NetworkPoolExhausted
 from runner.sandbox.launcher import Sandbox
@@ -167,7 +167,9 @@ class Runner:
             make_publisher=self.make_publisher,
             snapshots=self.snapshots,
             save_policy=SavePolicy.from_debounce(config.snapshot_debounce_s),
+            metrics=self.metrics,
         )
+        self.metrics.max_sessions.set(config.max_sessions)
         if config.cli == "claude":
             self.host_cli = bridge.bundled_cli()
         elif config.cli == "standin":
@@ -226,11 +228,13 @@ class Runner:
         try:
             folder = await self.bundles.folder(ref.digest)
             config = await asyncio.to_thread(agentconf.load, folder)
+            mcp_servers = await asyncio.to_thread(agentconf.load_mcp_servers, folder)
         except BundleError as e:
             raise SessionError(ErrorCode.sandbox_failed, str(e), retryable=True) from e
         except AgentConfigError as e:
             raise SessionError(ErrorCode.validation_failed, f"agent {ref.name}: {e}") from e
-        agent = Agent(ref.name, ref.digest, folder, agentconf.resolve(config, self.caps))
+        agent = Agent(ref.name, ref.digest, folder, agentconf.resolve(config, self.caps),
+                      mcp_servers)
         self._agents[ref.digest] = agent
         while len(self._agents) > AGENT_CACHE:
             self._agents.popitem(last=False)
@@ -249,6 +253,10 @@ class Runner:
             raise SessionError(ErrorCode.runner_busy, f"runner {self.config.id} is shutting down; "
                                "try another runner", retryable=True)
         agent = await self.agent(cmd.agent)
+        if cmd.credential is not None and self.network is None:
+            raise SessionError(ErrorCode.validation_failed, "a session's own model credential "
+                               "needs the egress proxy (ASH_SANDBOX_NET=slots) to stay out of "
+                               "its sandbox")
         restore = await self._fetch_restore(cmd) if cmd.restore else None
         resume = cmd.claude_session_id
         if restore is not None and resume is None and restore.manifest is not None:
@@ -261,6 +269,8 @@ class Runner:
         restored = None
         link = os.path.join(self.sessions_dir, cmd.session_id)
         try:
+            if cmd.credential is not None:
+                self._use_credential(lease.ready, cmd.credential)
             if restore is not None and restore.manifest is not None and not restore.fork:
                 restored = await self._claim_snapshot(restore.manifest)
             with contextlib.suppress(FileNotFoundError):
@@ -282,6 +292,20 @@ class Runner:
         return Claim(sandbox=ready.sandbox, conversation=ready.conversation, options=ready.options,
                      release=release, warm=lease.warm, turn_timeout_s=agent.settings.turn_timeout_s,
                      memory_mb=agent.settings.memory_mb, notice=ready.notice, restored=restored)
+
+    def _use_credential(self, ready: Ready, credential: ModelCredential) -> None:
+        """Have the egress proxy send the session's own model key for this sandbox (which
+        keeps its placeholder: the key never enters it, and a warm sandbox can be claimed)."""
+        assert self.network is not None
+        if ready.net is None:
+            raise SessionError(ErrorCode.validation_failed, "this sandbox has no network slot")
+        try:
+            self.network.proxy.set_credentials(ready.net.address, api_key=credential.api_key,
+                                               auth_token=credential.auth_token)
+        except ValueError as e:
+            raise SessionError(ErrorCode.validation_failed,
+                               f"credential {credential.name!r} cannot be used: {e}") from None
+        logger.info("sandbox %s uses the model credential %r", ready.net.address, credential.name)
 
     async def _fetch_restore(self, cmd: CreateSession) -> Restore:
         try:
@@ -331,7 +355,14 @@ class Runner:
         await asyncio.to_thread(shutil.rmtree, slot.root, True)
 
     async def start(self, slot: Slot, request: Request) -> Ready:
-        """A sandbox in `slot` configured for `request`, its CLI connected."""
+        """A sandbox in `slot` configured for `request`, its CLI connected (timed)."""
+        started = time.perf_counter()
+        ready = await self._start(slot, request)
+        source = "snapshot" if request.restore is not None else "agent"
+        self.metrics.sandbox_spawn.labels(source).observe(time.perf_counter() - started)
+        return ready
+
+    async def _start(self, slot: Slot, request: Request) -> Ready:
         agent, opts = request.agent, request.options
         resume, fork, notice = request.resume, False, None
         if isinstance(request.restore, Restore):
@@ -368,9 +399,11 @@ class Runner:
         except BaseException:
             await asyncio.shield(self._release_network(net))
             raise
+        mcp_servers = agentconf.merge_mcp_servers(agent.mcp_servers, opts.mcp_servers)
         options = bridge.AgentOptions(
             host_cli=self.host_cli, cli_inside=CLI_PATH, workspace=sandbox.workspace,
             model=opts.model, system_prompt=opts.system_prompt, resume=resume, fork=fork,
+            mcp_servers=mcp_servers, mcp_refused=self._mcp_refusals(agent, mcp_servers),
         )
         conversation = bridge.Conversation(options, sandbox)
         if request.restore is not None and resume is not None:
@@ -439,6 +472,14 @@ class Runner:
         env.update(egress_env(net.proxy_url, placeholder))
         return net
 
+    def _mcp_refusals(self, agent: Agent, servers: dict[str, dict[str, object]]) -> dict[str, str]:
+        """The HTTP MCP servers the sandbox's egress rule refuses (as `_grant_network` sets it)."""
+        if self.network is None:
+            return {}
+        rule = agent.settings.network
+        return agentconf.mcp_refusals(servers, Rule.make(
+            rule.policy, rule.allow or (self.network.model_host,)))
+
     async def _release_network(self, net: NetworkSlot | None) -> None:
         if net is None or self.network is None:
             return
@@ -471,8 +512,9 @@ class Runner:
                 env["ANTHROPIC_BASE_URL"] = self.model_url
         return env
 
-    async def make_publisher(self, session_id: str) -> EventPublisher:
-        return EventPublisher(self.layout.js, session_id, await last_seq(self.layout.js, session_id))
+    async def make_publisher(self, session_id: str, fresh: bool) -> EventPublisher:
+        seq = 0 if fresh else await last_seq(self.layout.js, session_id)
+        return EventPublisher(self.layout.js, session_id, seq)
 
 
 def _fresh_workspace(agent_dir: str, workspace: str, home: str) -> None:
@@ -485,6 +527,7 @@ async def serve(config: RunnerConfig) -> None:
     """Run until SIGTERM or SIGINT, then drain (a second signal forces the stop)."""
     stop, force = asyncio.Event(), asyncio.Event()
     _stop_on_signals(stop, force)
+    logs.set_ids(runner_id=config.id)  # every log line of this process names its runner
     os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
         nc = await nats.connect(
@@ -514,6 +557,11 @@ async def serve(config: RunnerConfig) -> None:
         # Unmounts what is left of the sandbox disks when this process exits, even by SIGKILL.
         await stack.enter_async_context(disks.Reaper(runner.sandboxes_dir, sys.executable))
         await stack.enter_async_context(runner.pool)  # closes after the sessions release theirs
+        if config.runner_metrics_port:
+            exporter = await stack.enter_async_context(MetricsServer(
+                runner.metrics.registry, config.runner_metrics_host, config.runner_metrics_port,
+                refresh=lambda: runner.metrics.sessions.set(len(runner.sessions))))
+            logger.info("runner %s serves metrics at %s", config.id, exporter.url)
         # Closed in reverse: stop taking commands, end the sessions, then leave the registry, so
         # that coordinators pause the sessions only once their sandboxes (and snapshots) are done.
         heartbeat = Heartbeat(layout.runners, config.id, runner.advert, config.advert_interval_s)

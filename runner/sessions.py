@@ -36,12 +36,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from protocol import events
+from protocol import events, logs
 from protocol.commands import CreateSession, SendTurn
 from protocol.errors import ErrorCode, ErrorInfo
 from protocol.snapshots import SnapshotManifest
 from runner.autosave import AutoSave, SavePolicy
 from runner.bridge import AgentOptions, Conversation, Launcher
+from runner.metrics import RunnerMetrics, TurnMeter
 from runner.publisher import EventPublisher
 from runner.snapshots import SnapshotError, SnapshotSuperseded
 
@@ -118,6 +119,7 @@ class Session:
     memory_mb: int = 0
     oom_kills: int = 0  # as last reported
     turn: asyncio.Task[None] | None = None
+    turn_ended: bool = False  # the turn's `done` is being published: it only winds down now
     cancel_reason: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     frozen: bool = False  # paused: the cgroup freezer holds every process of the sandbox
@@ -140,13 +142,17 @@ class SessionManager:
         max_sessions: int,
         turn_timeout_s: float,
         acquire: Callable[[CreateSession], Awaitable[Claim]],
-        make_publisher: Callable[[str], Awaitable[EventPublisher]],
+        make_publisher: Callable[[str, bool], Awaitable[EventPublisher]],
         snapshots: SnapshotTaker | None = None,
         save_policy: SavePolicy = SavePolicy.from_debounce(2.0),
         clock: Callable[[], float] = time.monotonic,
+        metrics: RunnerMetrics | None = None,
     ) -> None:
         """`acquire` raises SessionError when it cannot provide a sandbox with a running CLI.
+        `make_publisher(session_id, fresh)`: fresh means the session has no events yet (a new
+        session, not a restore), so its seq starts at 0 without asking the log.
         Without `snapshots`, nothing is snapshotted (pause only freezes)."""
+        self._metrics = metrics
         self._snapshots = snapshots
         self._save_policy = save_policy
         self._clock = clock
@@ -174,7 +180,8 @@ class SessionManager:
         claim: Claim | None = None
         try:
             claim = await self._acquire(cmd)
-            publisher = await self._make_publisher(cmd.session_id)
+            fresh = not cmd.restore and cmd.claude_session_id is None
+            publisher = await self._make_publisher(cmd.session_id, fresh)
             session = Session(
                 id=cmd.session_id, agent=cmd.agent.name, sandbox=claim.sandbox,
                 options=claim.options, conversation=claim.conversation, publisher=publisher,
@@ -221,13 +228,18 @@ class SessionManager:
     def start_turn(self, cmd: SendTurn) -> None:
         """Start a turn in the background; its events go to the session's event log."""
         session = self.get(cmd.session_id)
-        if session.turn is not None and not session.turn.done():
+        if _turn_running(session):
             raise SessionError(ErrorCode.conflict, "a turn is already running in this session; "
                                "wait for its done event or interrupt it")
         session.cancel_reason = None
+        # The last turn's done is out but its task may not have returned: the new one waits
+        # for it (a client may send as soon as it reads `done`).
+        previous = session.turn if session.turn is not None and not session.turn.done() else None
+        session.turn_ended = False
         if session.frozen:  # a turn means the session is active (the coordinator resumes first)
             self._thaw(session)
-        task = asyncio.create_task(self._run_turn(session, cmd), name=f"turn-{cmd.turn_id}")
+        task = asyncio.create_task(self._run_turn(session, cmd, previous),
+                                   name=f"turn-{cmd.turn_id}")
         session.turn = task
         self._turns.add(task)
         task.add_done_callback(self._turns.discard)
@@ -235,13 +247,14 @@ class SessionManager:
         if session.autosave is not None:
             autosave = session.autosave
             autosave.set_busy(True)
-            task.add_done_callback(lambda _: _turn_over(autosave))
+            # Not once a next turn began (it may, as soon as this one's done is out).
+            task.add_done_callback(lambda t: _turn_over(autosave) if session.turn is t else None)
 
     async def interrupt(self, session_id: str, note: str | None = None) -> bool:
         """Interrupt the running turn; False when none runs. `note`: why, when it is not the
         user's doing (the runner draining), told in an `error` before the `done`."""
         session = self.get(session_id)
-        if session.turn is None or session.turn.done():
+        if not _turn_running(session):
             return False
         session.cancel_reason = "interrupted"
         session.stop_note = note
@@ -272,7 +285,7 @@ class SessionManager:
         paused session returns its snapshot again. Raises SessionError: conflict while a turn
         runs; sandbox_failed (retryable) when the snapshot fails, the session then thawed."""
         session = self.get(session_id)
-        if session.turn is not None and not session.turn.done():
+        if _turn_running(session):
             raise SessionError(ErrorCode.conflict, "a turn is running in this session; interrupt "
                                "it or wait for its done event, then pause")
         was_frozen = session.frozen
@@ -301,7 +314,7 @@ class SessionManager:
         """Snapshot the session now, or return its latest snapshot when nothing changed since.
         Refused with conflict while a turn runs, unless `during_turn` (the drain)."""
         session = self.get(session_id)
-        if not during_turn and session.turn is not None and not session.turn.done():
+        if not during_turn and _turn_running(session):
             raise SessionError(ErrorCode.conflict, "a turn is running in this session; wait for "
                                "its done event")
         return await self._save(session, reason)
@@ -426,10 +439,15 @@ class SessionManager:
         session.conversation = Conversation(options, session.sandbox)
         await session.conversation.connect()
 
-    async def _run_turn(self, session: Session, cmd: SendTurn) -> None:
+    async def _run_turn(self, session: Session, cmd: SendTurn,
+                        previous: asyncio.Task[None] | None = None) -> None:
         pub, turn = session.publisher, cmd.turn_id
         reason = "completed"
+        logs.set_ids(session_id=session.id, turn_id=turn)  # this task's logs carry them
+        meter = TurnMeter.start(_cpu_us(session.sandbox), cmd.model or session.options.model)
         try:
+            if previous is not None:
+                await asyncio.wait([previous])  # its done is being published: after it
             async with session.lock:
                 await pub.emit(events.SessionStart, turn, agent=session.agent, runner_id=self.runner_id,
                                claude_session_id=session.conversation.claude_session_id)
@@ -444,6 +462,7 @@ class SessionManager:
                         if session.cancel_reason is None:  # else stopped before it began
                             resent = False
                             async for cls, fields in session.conversation.turn(cmd.content, cmd.model):
+                                meter.saw(cls, fields)
                                 await pub.emit(cls, turn, **fields)
                                 completed = cls is events.TurnComplete and not fields.get("is_error")
                                 if session.cancel_reason == "interrupted" and not resent:
@@ -471,9 +490,17 @@ class SessionManager:
                         code=ErrorCode.agent_failed, message=f"the agent failed: {e}", retryable=True)
                     await pub.emit(events.Error, turn, error=error)
         finally:
-            await asyncio.shield(self._finish(session, turn, reason))
+            await asyncio.shield(self._finish(session, turn, reason, meter))
 
-    async def _finish(self, session: Session, turn: str, reason: str) -> None:
+    async def _finish(self, session: Session, turn: str, reason: str,
+                      meter: TurnMeter | None = None) -> None:
+        usage = meter.usage(_cpu_us(session.sandbox)) if meter is not None else None
+        if meter is not None and usage is not None:
+            if self._metrics is not None:
+                self._metrics.observe_turn(meter, reason, usage)
+            logger.info("turn %s: %s after %d ms, %d tool calls, %s s CPU", turn, reason,
+                        usage.duration_ms, usage.tool_calls,
+                        "?" if usage.cpu_s is None else f"{usage.cpu_s:.3f}")
         try:
             async with asyncio.timeout(10):
                 note, session.stop_note = session.stop_note, None
@@ -483,7 +510,10 @@ class SessionManager:
                 if session.cancel_reason and reason == "error":
                     await session.publisher.emit(events.Error, turn, error=ErrorInfo(
                         code=ErrorCode.interrupted, message=f"the turn was stopped: {session.cancel_reason}"))
-                await session.publisher.emit(events.Done, turn, reason=reason)
+                # A client that reads this done may pause or send at once, before this task
+                # has returned (it waits for the done's ack): the turn counts as over now.
+                session.turn_ended = True
+                await session.publisher.emit(events.Done, turn, reason=reason, usage=usage)
         except Exception:
             logger.exception("could not publish the end of turn %s of %s", turn, session.id)
 
@@ -509,10 +539,23 @@ class SessionManager:
             await asyncio.wait_for(session.conversation.interrupt(), 5)
 
 
+def _turn_running(session: Session) -> bool:
+    """A turn runs and has not begun to publish its `done`."""
+    return session.turn is not None and not session.turn.done() and not session.turn_ended
+
+
 def _turn_over(autosave: AutoSave) -> None:
     """A turn ended: what it did is worth a (debounced) snapshot."""
     autosave.set_busy(False)
     autosave.touch()
+
+
+def _cpu_us(sandbox: SandboxHandle) -> int | None:
+    """The sandbox cgroup's CPU counter (microseconds), None where it is not accounted."""
+    try:
+        return sandbox.cgroup.cpu_usage_us()  # type: ignore[attr-defined, no-any-return]
+    except Exception:  # a closed sandbox has no cgroup; a fake one may not count CPU
+        return None
 
 
 def _oom_kills(sandbox: SandboxHandle) -> int:

@@ -29,6 +29,9 @@ def clean_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ASH_", "ANTHROPIC_"))}
     env["PYTHONUNBUFFERED"] = "1"
+    # Most tests drive the API without keys; auth tests (tests/*/test_auth*.py, test_spine)
+    # pass ASH_AUTH="required".
+    env["ASH_AUTH"] = "off"
     env.update(overrides)
     return env
 

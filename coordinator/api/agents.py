@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
-from coordinator import bundles
+from coordinator import auth, bundles
 from coordinator.api.common import json_response, services
 from coordinator.errors import ApiError, not_found
 from protocol.api import AgentList
@@ -45,17 +45,19 @@ async def deploy_agent(request: web.Request) -> web.Response:
         await obs.get_info(facts.digest)
     except (NotFoundError, ObjectNotFoundError):
         await obs.put(facts.digest, data)
-    view = await svc.store.upsert_agent(name, facts.digest, facts.files, facts.size, time.time())
+    view = await svc.store.upsert_agent(name, facts.digest, facts.files, facts.size, time.time(),
+                                        tenant=auth.tenant_of(request))
     return json_response(view, 201)
 
 
 async def list_agents(request: web.Request) -> web.Response:
-    return json_response(AgentList(agents=await services(request).store.list_agents()))
+    views = await services(request).store.list_agents(tenant=auth.tenant_of(request))
+    return json_response(AgentList(agents=views))
 
 
 async def get_agent(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    view = await services(request).store.get_agent(name)
+    view = await services(request).store.get_agent(name, tenant=auth.tenant_of(request))
     if view is None:
         raise not_found("agent", name)
     return json_response(view)
@@ -63,6 +65,6 @@ async def get_agent(request: web.Request) -> web.Response:
 
 async def delete_agent(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if not await services(request).store.delete_agent(name):
+    if not await services(request).store.delete_agent(name, tenant=auth.tenant_of(request)):
         raise not_found("agent", name)
     return web.Response(status=204)

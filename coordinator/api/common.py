@@ -13,9 +13,11 @@ from nats.aio.client import Client as NatsClient
 
 from coordinator.bus import RunnerBus
 from coordinator.config import CoordinatorConfig
+from coordinator.credentials import Vault
 from coordinator.directory import RunnerDirectory
 from coordinator.errors import ApiError
 from coordinator.placer import Placer
+from coordinator.ratelimit import Limiter
 from coordinator.recorder import Recorder
 from coordinator.store.base import Store
 from protocol import codec
@@ -40,6 +42,8 @@ class Services:
     bus: RunnerBus
     version: str
     placer: Placer
+    credentials: Vault | None = None  # stored credentials (coordinator/credentials.py)
+    limiter: Limiter | None = None  # per-key rate limits (coordinator/ratelimit.py)
 
 
 SERVICES = web.AppKey("services", Services)
@@ -90,7 +94,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as e:
-        return error_response(e.status, e.info)
+        resp = error_response(e.status, e.info)
+        resp.headers.update(e.headers)
+        return resp
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -24,6 +24,7 @@ import uuid
 
 from aiohttp import web
 
+from coordinator import auth
 from coordinator.api import sse
 from coordinator.api.common import read_body, services
 from coordinator.api.lifecycle import passed_on, require_active, runner_of
@@ -90,7 +91,7 @@ async def _write(resp: web.StreamResponse, event: ExecEvent) -> None:
 async def exec_command(request: web.Request) -> web.StreamResponse:
     """Run the command and stream its output as SSE until `exec_exit`."""
     svc = services(request)
-    session = await load_session(svc, request.match_info["id"])
+    session = await load_session(svc, request.match_info["id"], auth.tenant_of(request))
     req = await read_body(request, ExecRequest)
     require_active(session)  # a paused session is resumed first: 409 saying so
     runner_id = runner_of(svc, session)

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from coordinator import auth
 from coordinator.api.common import Services, json_response, services
 from coordinator.api.lifecycle import passed_on, require_active, runner_of
 from coordinator.api.sessions import load_session
@@ -59,7 +60,7 @@ DOWNLOAD_TICK_S = 5.0
 async def live_session(request: web.Request) -> tuple[Services, SessionView, str]:
     """The session of the route, which must be active, and the runner that holds it."""
     svc = services(request)
-    session = await load_session(svc, request.match_info["id"])
+    session = await load_session(svc, request.match_info["id"], auth.tenant_of(request))
     require_active(session)
     return svc, session, runner_of(svc, session)
 

@@ -48,6 +48,8 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
+from coordinator import credentials
+from coordinator import auth
 from coordinator.api.common import Services, json_response, services
 from coordinator.api.sessions import load_session, reply_status
 from coordinator.errors import ApiError
@@ -121,7 +123,7 @@ def live_runners(seen: Iterable[Seen], now: float, ttl_s: float) -> frozenset[st
 async def pause_session(request: web.Request) -> web.Response:
     """Pause: freeze the sandbox and snapshot it; resumable warm here or cold anywhere."""
     svc = services(request)
-    view = await load_session(svc, request.match_info["id"])
+    view = await load_session(svc, request.match_info["id"], auth.tenant_of(request))
     match view.status:
         case "ended":
             raise _gone(view.id)
@@ -152,7 +154,7 @@ async def pause_session(request: web.Request) -> web.Response:
 async def resume_session(request: web.Request) -> web.Response:
     """Resume: thaw the sandbox where it is, or restore it from its snapshot on any runner."""
     svc = services(request)
-    view, how = await resume(svc, await load_session(svc, request.match_info["id"]))
+    view, how = await resume(svc, await load_session(svc, request.match_info["id"], auth.tenant_of(request)))
     response = json_response(view)
     response.headers[RESUMED_HEADER] = how
     return response
@@ -234,9 +236,12 @@ async def _cold_resume(svc: Services, view: SessionView, exclude: frozenset[str]
     """Restore the (now `starting`) session on a live runner; back to `paused` on failure."""
     options = await _options(svc, view.id)
     command = CreateSession(
-        session_id=view.id, agent=AgentRef(name=view.agent, digest=view.agent_digest),
+        session_id=view.id, agent=AgentRef(name=auth.runner_agent_name(view.tenant, view.agent),
+                       digest=view.agent_digest),
         options=options, claude_session_id=view.claude_session_id, restore=True)
     try:
+        credential = await credentials.for_stored_session(svc.credentials, svc.store, view.id)
+        command = msgspec.structs.replace(command, credential=credential)
         reply = await _place(svc, command, exclude)
     except BaseException:
         await asyncio.shield(svc.store.transition(view.id, ("starting",), "paused", time.time()))
@@ -255,7 +260,7 @@ async def _cold_resume(svc: Services, view: SessionView, exclude: frozenset[str]
 async def fork_session(request: web.Request) -> web.Response:
     """Fork: a new session with copies of this one's workspace and conversation."""
     svc = services(request)
-    source = await load_session(svc, request.match_info["id"])
+    source = await load_session(svc, request.match_info["id"], auth.tenant_of(request))
     live = live_runners(svc.directory.snapshot(), time.monotonic(), svc.directory.ttl_s)
     step = fork_source(source.status, source.runner_id, live)
     if step == "gone":
@@ -280,12 +285,18 @@ async def fork_session(request: web.Request) -> web.Response:
                        "and it never had one)")
     fork_id = uuid.uuid4().hex
     options = await _options(svc, source.id)
-    await svc.store.create_session(fork_id, source.agent, source.agent_digest, source.model,
-                                   codec.to_builtins(options), time.time())
+    # The fork uses its source's credential (opened now: a deleted one refuses the fork).
+    credential = await credentials.for_stored_session(svc.credentials, svc.store, source.id)
+    await svc.store.create_session(
+        fork_id, source.agent, source.agent_digest, source.model,
+        credentials.stored_options(codec.to_builtins(options),
+                                   credential.name if credential else None), time.time(),
+        tenant=source.tenant)
     command = CreateSession(
-        session_id=fork_id, agent=AgentRef(name=source.agent, digest=source.agent_digest),
+        session_id=fork_id, agent=AgentRef(name=auth.runner_agent_name(source.tenant, source.agent),
+                       digest=source.agent_digest),
         options=options, claude_session_id=manifest.claude_session_id or source.claude_session_id,
-        restore=True, restore_from=source.id, fork=True)
+        restore=True, restore_from=source.id, fork=True, credential=credential)
     try:
         reply = await _place(svc, command, frozenset())
     except BaseException:

@@ -8,6 +8,8 @@ import uuid
 
 from aiohttp import web
 
+from coordinator import credentials
+from coordinator import auth
 from coordinator.api.common import Services, json_response, read_body, services
 from coordinator.errors import ApiError, not_found
 from coordinator.errors import reply_status as reply_status  # where other handlers import it
@@ -20,8 +22,9 @@ from protocol.errors import ErrorCode
 logger = logging.getLogger(__name__)
 
 
-async def load_session(svc: Services, session_id: str) -> SessionView:
-    view = await svc.store.get_session(session_id)
+async def load_session(svc: Services, session_id: str, tenant: str | None = None) -> SessionView:
+    """The session; 404 if there is none, or (given `tenant`) it is another tenant's."""
+    view = await svc.store.get_session(session_id, tenant=tenant)
     if view is None:
         raise not_found("session", session_id)
     return view
@@ -31,7 +34,10 @@ async def create_session(request: web.Request) -> web.Response:
     """Create a session: place it on a runner, which makes its sandbox and connects the CLI."""
     svc = services(request)
     req = await read_body(request, CreateSessionRequest)
-    agent = await svc.store.get_agent(req.agent)
+    caller = auth.principal(request)
+    if svc.limiter is not None:  # first: a refused create costs nothing
+        svc.limiter.session_create(caller.key_id)
+    agent = await svc.store.get_agent(req.agent, tenant=caller.tenant)
     if agent is None:
         raise not_found("agent", req.agent)
     if svc.directory.live_count() == 0:
@@ -40,12 +46,21 @@ async def create_session(request: web.Request) -> web.Response:
             retryable=True,
         )
     session_id = uuid.uuid4().hex
-    options = SessionOptions(model=req.model, system_prompt=req.system_prompt, env=req.env)
+    options = SessionOptions(model=req.model, system_prompt=req.system_prompt, env=req.env,
+                             mcp_servers=codec.to_builtins(req.mcp_servers))
+    # The session's model credential (its own, else its agent's), opened before anything is
+    # made: a missing one is a 404 that leaves no session behind.
+    credential_name, credential = await credentials.resolve_for_create(
+        svc.credentials, caller.tenant, req.credential, agent.digest)
     await svc.store.create_session(
-        session_id, agent.name, agent.digest, req.model, codec.to_builtins(options), time.time()
+        session_id, agent.name, agent.digest, req.model,
+        credentials.stored_options(codec.to_builtins(options), credential_name), time.time(),
+        tenant=caller.tenant,
     )
     command = CreateSession(
-        session_id=session_id, agent=AgentRef(name=agent.name, digest=agent.digest), options=options
+        session_id=session_id, agent=AgentRef(name=auth.runner_agent_name(caller.tenant, agent.name),
+                                               digest=agent.digest), options=options,
+        credential=credential,
     )
     try:
         reply = await svc.placer.place(command)
@@ -62,18 +77,19 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def list_sessions(request: web.Request) -> web.Response:
     agent = request.query.get("agent")
-    views = await services(request).store.list_sessions(agent=agent)
+    views = await services(request).store.list_sessions(agent=agent, tenant=auth.tenant_of(request))
     return json_response(SessionList(sessions=views))
 
 
 async def get_session(request: web.Request) -> web.Response:
-    return json_response(await load_session(services(request), request.match_info["id"]))
+    return json_response(await load_session(services(request), request.match_info["id"],
+                                            auth.tenant_of(request)))
 
 
 async def end_session(request: web.Request) -> web.Response:
     """End a session: its sandbox is destroyed, its history kept. Ending twice is fine."""
     svc = services(request)
-    view = await load_session(svc, request.match_info["id"])
+    view = await load_session(svc, request.match_info["id"], auth.tenant_of(request))
     if view.status == "ended":
         return json_response(view)
     ended = await svc.store.transition(

@@ -3,8 +3,11 @@ writing it as SSE.
 
 A session's events live in the one JetStream stream `ASH_EVENTS` on the session's subject,
 interleaved with every other session's. Their per-session `seq` grows with their stream
-sequence (the runner publishes seq n+1 only after seq n is acked, and a runner taking a
-session over continues from the log's last seq). So "where does the event after seq N sit in
+sequence (the runner publishes them in order on one connection, and a runner taking a
+session over continues from the log's last seq). The exception: an event whose publish was
+lost is republished by the runner after later ones were stored (`runner/publisher.py`); the
+follower holds the events after such a gap until it is filled (bounded), so a client still
+reads them in order. So "where does the event after seq N sit in
 the stream?" is a search over a monotonic function, answered with direct gets:
 
     probe(x) = the session's first event at stream sequence >= x   (`next_by_subj`, one get)
@@ -27,8 +30,9 @@ re-published event. A probe that finds nothing (a replica behind the leader) mov
 earlier, never later, which is always safe.
 
 A `done` frame is written only once the history of the turn is recorded: by this process's
-recorder (fast path), or by any coordinator's, which the shared durable consumer's ack floor
-shows (several coordinators split the recording between them).
+recorder (fast path: waited on in-process for a moment before anything else), or by any
+coordinator's, which the shared durable consumer's ack floor shows (several coordinators
+split the recording between them).
 """
 
 from __future__ import annotations
@@ -53,7 +57,11 @@ from protocol import codec, events, subjects
 logger = logging.getLogger(__name__)
 
 RECORD_WAIT_S = 5.0  # longest wait for the history of a turn before its `done` goes out
+GAP_WAIT_S = 10.0  # how long events after a missing one are held for it (the runner
+#                    republishes an event whose ack did not come within 5 s)
+GAP_HELD_MAX = 4096  # ... and at most this many
 _RECORD_POLL_S = 0.05
+_RECORD_LOCAL_S = 0.002  # how long to wait for this process's recorder before asking JetStream
 _TAGS: dict[type, str] = {t: t.__struct_config__.tag for t in events.Event.__args__}  # type: ignore[attr-defined]
 
 Located = tuple[int, events.Event]
@@ -181,14 +189,24 @@ class Delivered:
 
 class Follower:
     """An ordered consumer on one session's subject: yields each event with seq > `after`
-    once, in order. `start` None: only events published from now on."""
+    once, in order. `start` None: only events published from now on.
 
-    def __init__(self, js: JetStreamContext, session_id: str, start: Start | None) -> None:
+    An event that comes after a gap (seq > last + 1) is held until the missing ones arrive
+    (a republished event lands later in the log), for at most GAP_WAIT_S; then the gap is
+    given up on, logged, and the held events go out."""
+
+    def __init__(
+        self, js: JetStreamContext, session_id: str, start: Start | None, *,
+        gap_wait_s: float = GAP_WAIT_S,
+    ) -> None:
         self._js = js
         self.session_id = session_id
         self._start = start
         self.last = start.after if start is not None else 0
         self._sub: JetStreamContext.PushSubscription | None = None
+        self._held: dict[int, Delivered] = {}
+        self._gap_wait_s = gap_wait_s
+        self._gap_deadline = 0.0
 
     async def __aenter__(self) -> Follower:
         if self._start is None:
@@ -221,29 +239,63 @@ class Follower:
         assert self._sub is not None, "enter the follower first"
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
+            if (ready := self._pop_held()) is not None:
+                return ready
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return None
+            if self._held:
+                left = max(0.0, min(left, self._gap_deadline - now))
             try:
                 msg = await self._sub.next_msg(timeout=left)
             except nats.errors.TimeoutError:
-                return None
+                if self._held and time.monotonic() >= self._gap_deadline:
+                    self._give_up_gap()
+                    continue
+                if time.monotonic() >= deadline:
+                    return None
+                continue
             try:
                 ev = codec.decode_event(msg.data)
             except (codec.DecodeError, codec.ValidationError):
                 logger.warning("skipping an undecodable event of session %s", self.session_id)
                 continue
-            if ev.seq <= self.last:
+            if ev.seq <= self.last or ev.seq in self._held:
                 continue  # before the start, or a re-published duplicate
+            got = Delivered(ev, msg.data, msg.metadata.sequence.stream)
             if self.last and ev.seq != self.last + 1:
-                logger.warning("session %s: events %d..%d are missing from the log",
-                               self.session_id, self.last + 1, ev.seq - 1)
+                if not self._held:
+                    self._gap_deadline = time.monotonic() + self._gap_wait_s
+                self._held[ev.seq] = got
+                if len(self._held) > GAP_HELD_MAX or time.monotonic() >= self._gap_deadline:
+                    self._give_up_gap()
+                continue
             self.last = ev.seq
-            return Delivered(ev, msg.data, msg.metadata.sequence.stream)
+            return got
+
+    def _pop_held(self) -> Delivered | None:
+        """The held event that comes next, if the gap before it has been filled."""
+        got = self._held.pop(self.last + 1, None)
+        if got is not None:
+            self.last = got.event.seq
+        return got
+
+    def _give_up_gap(self) -> None:
+        """Stop waiting for the missing events: go on from the first held one."""
+        first = min(self._held)
+        logger.warning("session %s: events %d..%d are missing from the log",
+                       self.session_id, self.last + 1, first - 1)
+        self.last = first - 1
+        self._gap_deadline = time.monotonic() + self._gap_wait_s  # for a further gap in the held
 
 
 async def wait_history(svc: Services, session_id: str, seq: int, stream_seq: int) -> bool:
     """Wait (bounded) until the event `seq` of the session, at `stream_seq`, is recorded."""
+    # Nearly always this process's recorder has it, or will in a moment (with one
+    # coordinator it records everything): no need to ask JetStream.
+    if await svc.recorder.wait_recorded(session_id, seq, _RECORD_LOCAL_S):
+        return True
     deadline = time.monotonic() + RECORD_WAIT_S
     while True:
         # The shared consumer's ack floor covers what any coordinator recorded (a replayed

@@ -38,6 +38,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coordinator import auth
 from coordinator.api import sse
 from coordinator.api.common import Services, json_response, read_body, services
 from coordinator.api.lifecycle import auto_resume, lost_runner, passed_on, runner_of
@@ -93,7 +94,7 @@ def _turn_running(session_id: str) -> ApiError:
 async def send_message(request: web.Request) -> web.StreamResponse:
     """Start a turn and stream its events as SSE until `done`."""
     svc = services(request)
-    session = await load_session(svc, request.match_info["id"])
+    session = await load_session(svc, request.match_info["id"], auth.tenant_of(request))
     req = await read_body(request, SendMessageRequest)
     session = await auto_resume(svc, session)  # a message to a paused session resumes it
     _check_can_send(session.status, session.id)
@@ -103,21 +104,46 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     last = await EventLog(svc.layout.js, session.id).last()
     after = last[1].seq if last is not None else 0
     settled = last is None or isinstance(last[1], events.Done)
-    async with Follower(svc.layout.js, session.id, None) as follower:
-        command = SendTurn(session_id=session.id, turn_id=turn_id, content=req.content, model=req.model)
-        reply = await _start_turn(svc, runner_id, command, settled)
-        if isinstance(reply, Rejected):
-            if reply.error.code == ErrorCode.conflict:
-                raise _turn_running(session.id)
-            if reply.error.code == ErrorCode.not_found:  # it restarted, or dropped the sandbox
-                raise lost_runner(session.id, runner_id, "no longer holds its sandbox")
-            raise passed_on(session, reply.error, reply_status(reply.error.code))
-        resp = await sse.open_stream(
-            request, {TURN_ID_HEADER: turn_id, TURN_AFTER_HEADER: str(after)}
-        )
-        await _pump_bounded(svc, resp, follower, select=lambda ev: ev.turn_id == turn_id)
-        await resp.write_eof()
-        return resp
+    # The caller's key counts this turn until its done (429 when at its cap).
+    slot = svc.limiter.acquire_turn(auth.principal(request).key_id) if svc.limiter else None
+    started = ended = False
+    try:
+        async with Follower(svc.layout.js, session.id, None) as follower:
+            command = SendTurn(session_id=session.id, turn_id=turn_id, content=req.content,
+                               model=req.model)
+            reply = await _start_turn(svc, runner_id, command, settled)
+            if isinstance(reply, Rejected):
+                if reply.error.code == ErrorCode.conflict:
+                    raise _turn_running(session.id)
+                if reply.error.code == ErrorCode.not_found:  # it restarted, or dropped the sandbox
+                    raise lost_runner(session.id, runner_id, "no longer holds its sandbox")
+                raise passed_on(session, reply.error, reply_status(reply.error.code))
+            started = True
+            resp = await sse.open_stream(
+                request, {TURN_ID_HEADER: turn_id, TURN_AFTER_HEADER: str(after)}
+            )
+            await _pump_bounded(svc, resp, follower, select=lambda ev: ev.turn_id == turn_id)
+            ended = True
+            await resp.write_eof()
+            return resp
+    finally:
+        if slot is not None and svc.limiter is not None:
+            if started and not ended:  # the client left: the turn goes on, and still counts
+                svc.limiter.hold_until(slot, _turn_done(svc, session.id, turn_id, after),
+                                       svc.config.turn_timeout_s)
+            else:
+                slot.release()
+
+
+async def _turn_done(svc: Services, session_id: str, turn_id: str, after: int) -> None:
+    """Return once the turn's `done` is in the session's event log."""
+    start = await EventLog(svc.layout.js, session_id).locate(after)
+    async with Follower(svc.layout.js, session_id, start) as follower:
+        while True:
+            got = await follower.next(svc.config.keepalive_s)
+            if got is not None and isinstance(got.event, events.Done) \
+                    and got.event.turn_id == turn_id:
+                return
 
 
 async def _start_turn(
@@ -177,7 +203,7 @@ def _after(request: web.Request) -> int | None:
 async def stream_events(request: web.Request) -> web.StreamResponse:
     """Re-attach: replay the session's events after a seq, then follow them live."""
     svc = services(request)
-    session = await load_session(svc, request.match_info["id"])
+    session = await load_session(svc, request.match_info["id"], auth.tenant_of(request))
     after = _after(request)
     follow = request.query.get("follow", "turn")
     if follow not in ("turn", "session"):
@@ -202,7 +228,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 async def interrupt(request: web.Request) -> web.Response:
     """Stop the session's running turn; answer once its `done` is out (bounded)."""
     svc = services(request)
-    session = await load_session(svc, request.match_info["id"])
+    session = await load_session(svc, request.match_info["id"], auth.tenant_of(request))
     if session.status == "ended":
         raise ApiError(410, ErrorCode.gone, f"session {session.id} has ended; no turn runs")
     if session.status != "active" or session.runner_id is None:
@@ -238,7 +264,7 @@ async def interrupt(request: web.Request) -> web.Response:
 
 async def list_messages(request: web.Request) -> web.Response:
     svc = services(request)
-    session = await load_session(svc, request.match_info["id"])
+    session = await load_session(svc, request.match_info["id"], auth.tenant_of(request))
     try:
         after = int(request.query.get("after", "0"))
         limit = min(int(request.query.get("limit", "1000")), 1000)

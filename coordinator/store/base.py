@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, Self, TypeAlias, get_args
 
-from protocol.api import AgentView, MessageView, SessionStatus, SessionView
+from coordinator.store.usage import UsageQuery, UsageRow
+from protocol.api import AgentView, MessageView, SessionStatus, SessionView, UsageView
 
 Role: TypeAlias = Literal["user", "assistant", "tool", "result"]
 MessageRow: TypeAlias = tuple[int, str, Role, Any]
@@ -58,6 +60,22 @@ class Unset(enum.Enum):
 
 
 UNSET: Final = Unset.token
+
+DEFAULT_TENANT: Final = "default"
+"""The tenant of everything made before tenants existed, and of calls that name none."""
+
+
+@dataclass(slots=True, frozen=True)
+class KeyRow:
+    """An API key as stored: never the secret, only its sha256 (`key_hash`)."""
+
+    key_id: str
+    tenant: str
+    name: str
+    scopes: tuple[str, ...]
+    key_hash: str
+    created_at: float
+    revoked_at: float | None
 
 
 class StoreError(Exception):
@@ -93,22 +111,27 @@ class Store(Protocol):
 
     # -- agents ---------------------------------------------------------------------------
 
+    # Agents belong to a tenant and their names are unique per tenant; `tenant` defaults to
+    # DEFAULT_TENANT. Sessions carry their tenant; `tenant=None` on a session read means
+    # "any tenant" (the reaper, the recorder), a tenant means "only if it is this tenant's".
+
     async def upsert_agent(
-        self, name: str, digest: str, files: int, size: int, now: float
+        self, name: str, digest: str, files: int, size: int, now: float, *,
+        tenant: str = DEFAULT_TENANT,
     ) -> AgentView:
         """Record a deploy. A new name starts at version 1; a different digest bumps the
         version and replaces files/size/updated_at; the same digest changes nothing."""
         ...
 
-    async def get_agent(self, name: str) -> AgentView | None:
+    async def get_agent(self, name: str, *, tenant: str = DEFAULT_TENANT) -> AgentView | None:
         """The agent, or None."""
         ...
 
-    async def list_agents(self) -> list[AgentView]:
-        """Every agent, ordered by name."""
+    async def list_agents(self, *, tenant: str = DEFAULT_TENANT) -> list[AgentView]:
+        """Every agent of the tenant, ordered by name."""
         ...
 
-    async def delete_agent(self, name: str) -> bool:
+    async def delete_agent(self, name: str, *, tenant: str = DEFAULT_TENANT) -> bool:
         """Forget the agent (its sessions and history stay). False if there was none."""
         ...
 
@@ -122,21 +145,54 @@ class Store(Protocol):
         model: str | None,
         options: dict[str, Any],
         now: float,
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> SessionView:
-        """Create a session in status `starting`. Raises `SessionExistsError` if the id is
+        """Create a session of `tenant` in status `starting`. Raises `SessionExistsError` if the id is
         taken."""
         ...
 
-    async def get_session(self, id: str) -> SessionView | None:
-        """The session, or None."""
+    async def get_session(self, id: str, *, tenant: str | None = None) -> SessionView | None:
+        """The session (only if it is `tenant`'s, when given), or None."""
         ...
 
     async def get_session_options(self, id: str) -> dict[str, Any]:
         """The options the session was created with. Raises `SessionNotFoundError`."""
         ...
 
-    async def list_sessions(self, agent: str | None = None, limit: int = 100) -> list[SessionView]:
-        """Sessions, newest first (by created_at, then id), optionally of one agent only."""
+    async def list_sessions(
+        self, agent: str | None = None, limit: int = 100, *, tenant: str | None = None
+    ) -> list[SessionView]:
+        """Sessions, newest first (by created_at, then id), optionally of one agent and/or
+        one tenant only."""
+        ...
+
+    async def session_tenant(self, id: str) -> str | None:
+        """The tenant a session belongs to, or None if there is no such session."""
+        ...
+
+    # -- API keys -------------------------------------------------------------------------
+
+    async def create_key(
+        self, key_id: str, tenant: str, name: str, scopes: Collection[str], key_hash: str,
+        now: float,
+    ) -> KeyRow:
+        """Store a new key (its id must be new)."""
+        ...
+
+    async def get_key(self, key_id: str) -> KeyRow | None:
+        """The key, revoked or not, or None."""
+        ...
+
+    async def list_keys(self, tenant: str | None = None) -> list[KeyRow]:
+        """Keys (of one tenant, when given), oldest first, revoked ones included."""
+        ...
+
+    async def revoke_key(
+        self, key_id: str, now: float, *, tenant: str | None = None
+    ) -> KeyRow | None:
+        """Mark the key revoked (once: a second revoke keeps the first time). None if there is
+        no such key (of `tenant`, when given)."""
         ...
 
     async def update_session(
@@ -190,6 +246,66 @@ class Store(Protocol):
     ) -> list[MessageView]:
         """History items with seq > after_seq, in seq order, at most `limit`."""
         ...
+
+    # -- MCP status -----------------------------------------------------------------------
+
+    async def set_mcp_servers(self, id: str, servers: list[Any], now: float) -> bool:
+        """Keep the session's latest MCP server statuses (shown in its view as
+        `mcp_servers`). False if there is no such session."""
+        ...
+
+    # -- credentials (sealed by coordinator/credentials.py; the store never sees clear text) --
+
+    async def put_credential(
+        self, tenant: str, name: str, kind: str, sealed: str, now: float
+    ) -> tuple[CredentialRow, bool]:
+        """Store or replace the tenant's credential `name`; True when it is new."""
+        ...
+
+    async def get_credential(self, tenant: str, name: str) -> CredentialRow | None:
+        """The tenant's credential, or None."""
+        ...
+
+    async def list_credentials(self, tenant: str) -> list[CredentialRow]:
+        """The tenant's credentials, by name."""
+        ...
+
+    async def delete_credential(self, tenant: str, name: str) -> bool:
+        """Forget the tenant's credential; False if there was none."""
+        ...
+
+    # -- usage (coordinator/store/usage.py) -----------------------------------------------
+
+    async def record_usage(self, row: UsageRow) -> bool:
+        """Keep what one turn used; a (session, turn) already recorded is left as it is
+        (False), so a redelivered `done` counts once."""
+        ...
+
+    async def usage(self, query: UsageQuery) -> list[UsageView]:
+        """The recorded turns `query` picks, summed per group (group "all": one total)."""
+        ...
+
+    async def session_counts(self) -> dict[str, int]:
+        """How many sessions are in each status (statuses with none are absent)."""
+        ...
+
+
+@dataclass(slots=True, frozen=True)
+class CredentialRow:
+    """A stored credential: `sealed` is its AES-GCM ciphertext (coordinator/credentials.py)."""
+
+    tenant: str
+    name: str
+    kind: str
+    sealed: str
+    created_at: float
+    updated_at: float
+
+    def __repr__(self) -> str:
+        return f"CredentialRow(tenant={self.tenant!r}, name={self.name!r}, kind={self.kind!r})"
+
+
+CREDENTIAL_COLUMNS = "tenant, name, kind, sealed, created_at, updated_at"
 
 
 def check_status(status: str) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
 from coordinator.store.base import SchemaTooNewError
+from coordinator.store.usage import USAGE_DDL as _USAGE  # one row per turn: tokens, cost, CPU
 
 SCHEMA_MIGRATIONS_DDL = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -106,12 +107,83 @@ _INITIAL = """
         );
 """
 
+# Tenants and API keys (coordinator/auth.py): every agent and session belongs to a tenant;
+# what existed before is the "default" tenant's. Agent names become unique per tenant, so the
+# agents table is rebuilt with the key (tenant, name). Keys keep only a hash of their secret.
+_TENANTS = """
+        CREATE TABLE agents_by_tenant (
+            tenant      {key} NOT NULL DEFAULT 'default',
+            name        {key} NOT NULL,
+            digest      TEXT NOT NULL,
+            version     INTEGER NOT NULL,
+            files       INTEGER NOT NULL,
+            size        BIGINT NOT NULL,
+            created_at  DOUBLE PRECISION NOT NULL,
+            updated_at  DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (tenant, name)
+        );
+        INSERT INTO agents_by_tenant (tenant, name, digest, version, files, size, created_at,
+                                      updated_at)
+            SELECT 'default', name, digest, version, files, size, created_at, updated_at
+            FROM agents;
+        DROP TABLE agents;
+        ALTER TABLE agents_by_tenant RENAME TO agents;
+
+        ALTER TABLE sessions ADD COLUMN tenant {key} NOT NULL DEFAULT 'default';
+        CREATE INDEX IF NOT EXISTS sessions_by_tenant ON sessions (tenant, created_at, id);
+
+        CREATE TABLE api_keys (
+            key_id      {key} PRIMARY KEY,
+            tenant      {key} NOT NULL,
+            name        TEXT NOT NULL,
+            scopes      TEXT NOT NULL,
+            key_hash    TEXT NOT NULL,
+            created_at  DOUBLE PRECISION NOT NULL,
+            revoked_at  DOUBLE PRECISION
+        );
+        CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON api_keys (tenant, created_at, key_id)
+"""
+
+# Credentials (coordinator/credentials.py): secrets stored sealed with AES-GCM, per tenant, never
+# in clear; and each session's latest MCP server statuses (the recorder keeps them from the
+# `mcp_status` events), a JSON list shown in the session view.
+_CREDENTIALS = """
+        CREATE TABLE credentials (
+            tenant      {key} NOT NULL,
+            name        {key} NOT NULL,
+            kind        TEXT NOT NULL,
+            sealed      TEXT NOT NULL,
+            created_at  DOUBLE PRECISION NOT NULL,
+            updated_at  DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (tenant, name)
+        );
+        ALTER TABLE sessions ADD COLUMN mcp_servers TEXT NOT NULL DEFAULT '[]'
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "initial",
         _INITIAL.replace("{key}", "TEXT"),
         {"postgres": _INITIAL.replace("{key}", 'TEXT COLLATE "C"')},
+    ),
+    Migration(
+        2,
+        "tenants_and_api_keys",
+        _TENANTS.replace("{key}", "TEXT"),
+        {"postgres": _TENANTS.replace("{key}", 'TEXT COLLATE "C"')},
+    ),
+    Migration(
+        3,
+        "credentials_and_mcp_status",
+        _CREDENTIALS.replace("{key}", "TEXT"),
+        {"postgres": _CREDENTIALS.replace("{key}", 'TEXT COLLATE "C"')},
+    ),
+    Migration(
+        4,
+        "turn_usage",
+        _USAGE.replace("{key}", "TEXT"),
+        {"postgres": _USAGE.replace("{key}", 'TEXT COLLATE "C"')},
     ),
 )
 

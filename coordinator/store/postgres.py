@@ -35,7 +35,11 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from coordinator.store.base import (
+    CREDENTIAL_COLUMNS,
+    CredentialRow,
+    DEFAULT_TENANT,
     UNSET,
+    KeyRow,
     MessageRow,
     SessionExistsError,
     SessionNotFoundError,
@@ -46,18 +50,22 @@ from coordinator.store.base import (
     check_role,
     check_status,
 )
+from coordinator.store import usage as usage_sql
+from coordinator.store.usage import UsageQuery, UsageRow
 from coordinator.store.migrations import MIGRATIONS, SCHEMA_MIGRATIONS_DDL, Migration, pending
 from coordinator.store.rows import (
     AGENT_COLUMNS,
+    KEY_COLUMNS,
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
     agent_view,
     decode_options,
     encode_json,
+    key_row,
     message_view,
     session_view,
 )
-from protocol.api import AgentView, MessageView, SessionStatus, SessionView
+from protocol.api import AgentView, MessageView, SessionStatus, SessionView, UsageView
 
 log = logging.getLogger(__name__)
 
@@ -179,38 +187,47 @@ class PostgresStore:
     # -- agents ---------------------------------------------------------------------------
 
     async def upsert_agent(
-        self, name: str, digest: str, files: int, size: int, now: float
+        self, name: str, digest: str, files: int, size: int, now: float, *,
+        tenant: str = DEFAULT_TENANT,
     ) -> AgentView:
         async with self._write() as conn:
             # With the WHERE false (same digest) nothing is returned, but the row is locked
             # all the same, so the SELECT reads what this deploy left.
             row = await conn.fetchrow(
-                f"INSERT INTO agents ({AGENT_COLUMNS}) VALUES ($1, $2, 1, $3, $4, $5, $5) "
-                "ON CONFLICT (name) DO UPDATE SET "
+                f"INSERT INTO agents (tenant, {AGENT_COLUMNS}) "
+                "VALUES ($6, $1, $2, 1, $3, $4, $5, $5) "
+                "ON CONFLICT (tenant, name) DO UPDATE SET "
                 "digest = excluded.digest, version = agents.version + 1, "
                 "files = excluded.files, size = excluded.size, updated_at = excluded.updated_at "
                 f"WHERE agents.digest <> excluded.digest RETURNING {AGENT_COLUMNS}",
-                name, digest, files, size, float(now),
+                name, digest, files, size, float(now), tenant,
             )
             if row is None:
                 row = await conn.fetchrow(
-                    f"SELECT {AGENT_COLUMNS} FROM agents WHERE name = $1", name
+                    f"SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = $1 AND name = $2",
+                    tenant, name,
                 )
         return agent_view(row)
 
-    async def get_agent(self, name: str) -> AgentView | None:
+    async def get_agent(self, name: str, *, tenant: str = DEFAULT_TENANT) -> AgentView | None:
         async with self._conn() as conn:
-            row = await conn.fetchrow(f"SELECT {AGENT_COLUMNS} FROM agents WHERE name = $1", name)
+            row = await conn.fetchrow(
+                f"SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = $1 AND name = $2", tenant, name
+            )
         return agent_view(row) if row is not None else None
 
-    async def list_agents(self) -> list[AgentView]:
+    async def list_agents(self, *, tenant: str = DEFAULT_TENANT) -> list[AgentView]:
         async with self._conn() as conn:
-            rows = await conn.fetch(f"SELECT {AGENT_COLUMNS} FROM agents ORDER BY name")
+            rows = await conn.fetch(
+                f"SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = $1 ORDER BY name", tenant
+            )
         return [agent_view(row) for row in rows]
 
-    async def delete_agent(self, name: str) -> bool:
+    async def delete_agent(self, name: str, *, tenant: str = DEFAULT_TENANT) -> bool:
         async with self._conn() as conn:
-            status = await conn.execute("DELETE FROM agents WHERE name = $1", name)
+            status = await conn.execute(
+                "DELETE FROM agents WHERE tenant = $1 AND name = $2", tenant, name
+            )
         return _rowcount(status) > 0
 
     # -- sessions -------------------------------------------------------------------------
@@ -223,14 +240,16 @@ class PostgresStore:
         model: str | None,
         options: dict[str, Any],
         now: float,
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> SessionView:
         options_json = encode_json(options)
         async with self._conn() as conn:
             status = await conn.execute(
                 "INSERT INTO sessions (id, agent, agent_digest, status, model, options, "
-                "created_at, updated_at) VALUES ($1, $2, $3, 'starting', $4, $5, $6, $6) "
+                "created_at, updated_at, tenant) VALUES ($1, $2, $3, 'starting', $4, $5, $6, $6, $7) "
                 "ON CONFLICT (id) DO NOTHING",
-                id, agent, agent_digest, model, options_json, float(now),
+                id, agent, agent_digest, model, options_json, float(now), tenant,
             )
         if _rowcount(status) == 0:
             raise SessionExistsError(f"session {id!r} already exists")
@@ -246,11 +265,18 @@ class PostgresStore:
             model=model,
             created_at=now,
             updated_at=now,
+            tenant=tenant,
         )
 
-    async def get_session(self, id: str) -> SessionView | None:
+    async def get_session(self, id: str, *, tenant: str | None = None) -> SessionView | None:
         async with self._conn() as conn:
-            row = await conn.fetchrow(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1", id)
+            if tenant is None:
+                row = await conn.fetchrow(
+                    f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1", id)
+            else:
+                row = await conn.fetchrow(
+                    f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1 AND tenant = $2",
+                    id, tenant)
         return session_view(row) if row is not None else None
 
     async def get_session_options(self, id: str) -> dict[str, Any]:
@@ -260,16 +286,67 @@ class PostgresStore:
             raise SessionNotFoundError(f"no session {id!r}")
         return decode_options(text)
 
-    async def list_sessions(self, agent: str | None = None, limit: int = 100) -> list[SessionView]:
+    async def list_sessions(
+        self, agent: str | None = None, limit: int = 100, *, tenant: str | None = None
+    ) -> list[SessionView]:
         check_limit(limit)
-        where, params = ("", (limit,)) if agent is None else ("WHERE agent = $2 ", (limit, agent))
+        given = [(c, v) for c, v in (("agent", agent), ("tenant", tenant)) if v is not None]
+        conds = [f"{c} = ${i}" for i, (c, _) in enumerate(given, start=2)]
+        where = f"WHERE {' AND '.join(conds)} " if conds else ""
         async with self._conn() as conn:
             rows = await conn.fetch(
                 f"SELECT {SESSION_COLUMNS} FROM sessions {where}"
                 "ORDER BY created_at DESC, id DESC LIMIT $1",
-                *params,
+                limit, *(v for _, v in given),
             )
         return [session_view(row) for row in rows]
+
+    async def session_tenant(self, id: str) -> str | None:
+        async with self._conn() as conn:
+            return await conn.fetchval("SELECT tenant FROM sessions WHERE id = $1", id)
+
+    # -- API keys -------------------------------------------------------------------------
+
+    async def create_key(
+        self, key_id: str, tenant: str, name: str, scopes: Collection[str], key_hash: str,
+        now: float,
+    ) -> KeyRow:
+        row = KeyRow(key_id, tenant, name, tuple(sorted(scopes)), key_hash, float(now), None)
+        async with self._conn() as conn:
+            await conn.execute(
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+                key_id, tenant, name, " ".join(row.scopes), key_hash, float(now),
+            )
+        return row
+
+    async def get_key(self, key_id: str) -> KeyRow | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1", key_id)
+        return key_row(row) if row is not None else None
+
+    async def list_keys(self, tenant: str | None = None) -> list[KeyRow]:
+        async with self._conn() as conn:
+            if tenant is None:
+                rows = await conn.fetch(
+                    f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id")
+            else:
+                rows = await conn.fetch(
+                    f"SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant = $1 "
+                    "ORDER BY created_at, key_id", tenant)
+        return [key_row(r) for r in rows]
+
+    async def revoke_key(
+        self, key_id: str, now: float, *, tenant: str | None = None
+    ) -> KeyRow | None:
+        async with self._write() as conn:
+            await conn.execute(
+                "UPDATE api_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL "
+                "AND ($3::text IS NULL OR tenant = $3)", key_id, float(now), tenant)
+            row = await conn.fetchrow(
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1 "
+                "AND ($2::text IS NULL OR tenant = $2)", key_id, tenant)
+        return key_row(row) if row is not None else None
 
     async def update_session(
         self,
@@ -400,6 +477,75 @@ class PostgresStore:
                 session_id, after_seq, limit,
             )
         return [message_view(row) for row in rows]
+
+    # -- MCP status, credentials ----------------------------------------------------------
+
+    async def set_mcp_servers(self, id: str, servers: list[Any], now: float) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "UPDATE sessions SET mcp_servers = $1, updated_at = $2 WHERE id = $3",
+                encode_json(servers), now, id,
+            )
+        return _rowcount(status) > 0
+
+    async def put_credential(
+        self, tenant: str, name: str, kind: str, sealed: str, now: float
+    ) -> tuple[CredentialRow, bool]:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                f"INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $5) "
+                "ON CONFLICT (tenant, name) DO UPDATE SET kind = excluded.kind, "
+                "sealed = excluded.sealed, updated_at = excluded.updated_at "
+                f"RETURNING {CREDENTIAL_COLUMNS}, (xmax = 0) AS inserted",
+                tenant, name, kind, sealed, now,
+            )
+        assert row is not None
+        return CredentialRow(*tuple(row)[:6]), bool(row["inserted"])
+
+    async def get_credential(self, tenant: str, name: str) -> CredentialRow | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant = $1 AND name = $2",
+                tenant, name,
+            )
+        return CredentialRow(*tuple(row)) if row is not None else None
+
+    async def list_credentials(self, tenant: str) -> list[CredentialRow]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant = $1 ORDER BY name",
+                tenant,
+            )
+        return [CredentialRow(*tuple(row)) for row in rows]
+
+    async def delete_credential(self, tenant: str, name: str) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "DELETE FROM credentials WHERE tenant = $1 AND name = $2", tenant, name,
+            )
+        return _rowcount(status) > 0
+
+    # -- usage ----------------------------------------------------------------------------
+
+    async def record_usage(self, row: UsageRow) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(usage_sql.insert_sql(_mark), *usage_sql.insert_params(row))
+        return _rowcount(status) > 0
+
+    async def usage(self, query: UsageQuery) -> list[UsageView]:
+        sql, params = usage_sql.query_sql(query, _mark)
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql, *params)
+        return [usage_sql.usage_view(tuple(row)) for row in rows]
+
+    async def session_counts(self) -> dict[str, int]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(usage_sql.SESSION_COUNTS_SQL)
+        return {row[0]: int(row[1]) for row in rows}
+
+
+def _mark(index: int) -> str:
+    return f"${index}"
 
 
 def redact(dsn: str) -> str:

@@ -12,18 +12,22 @@ from typing import Any
 
 import msgspec
 
+from coordinator.store.base import KeyRow
 from protocol.api import AgentView, MessageView, SessionView
+from protocol.events import McpServerState
 
 AGENT_COLUMNS = "name, digest, version, files, size, created_at, updated_at"
 SESSION_COLUMNS = (
     "id, agent, agent_digest, status, runner_id, claude_session_id, last_seq, turns, model, "
-    "created_at, updated_at"
+    "created_at, updated_at, mcp_servers, tenant"
 )
 MESSAGE_COLUMNS = "seq, turn_id, role, content, created_at"
+KEY_COLUMNS = "key_id, tenant, name, scopes, key_hash, created_at, revoked_at"
 
 _json_encoder = msgspec.json.Encoder()
 _options_decoder = msgspec.json.Decoder(dict[str, Any])
 _content_decoder = msgspec.json.Decoder()
+_mcp_decoder = msgspec.json.Decoder(list[McpServerState])
 
 
 def encode_json(value: Any) -> str:
@@ -33,6 +37,11 @@ def encode_json(value: Any) -> str:
 
 def decode_options(text: str) -> dict[str, Any]:
     return _options_decoder.decode(text)
+
+
+def key_row(row: Sequence[Any]) -> KeyRow:
+    key_id, tenant, name, scopes, key_hash, created_at, revoked_at = row
+    return KeyRow(key_id, tenant, name, tuple(scopes.split()), key_hash, created_at, revoked_at)
 
 
 def agent_view(row: Sequence[Any]) -> AgentView:
@@ -50,8 +59,10 @@ def agent_view(row: Sequence[Any]) -> AgentView:
 
 def session_view(row: Sequence[Any]) -> SessionView:
     (id, agent, agent_digest, status, runner_id, claude_session_id, last_seq, turns, model,
-     created_at, updated_at) = row
+     created_at, updated_at, mcp_servers, tenant) = row
     return SessionView(
+        tenant=tenant,
+        mcp_servers=_mcp_decoder.decode(mcp_servers) if mcp_servers else [],
         id=id,
         agent=agent,
         agent_digest=agent_digest,

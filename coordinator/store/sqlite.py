@@ -24,7 +24,11 @@ from typing import Any, Self
 import aiosqlite
 
 from coordinator.store.base import (
+    CREDENTIAL_COLUMNS,
+    CredentialRow,
+    DEFAULT_TENANT,
     UNSET,
+    KeyRow,
     MessageRow,
     SessionExistsError,
     SessionNotFoundError,
@@ -35,18 +39,22 @@ from coordinator.store.base import (
     check_role,
     check_status,
 )
+from coordinator.store import usage as usage_sql
+from coordinator.store.usage import UsageQuery, UsageRow
 from coordinator.store.migrations import MIGRATIONS, SCHEMA_MIGRATIONS_DDL, Migration, pending
 from coordinator.store.rows import (
     AGENT_COLUMNS,
+    KEY_COLUMNS,
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
     agent_view,
     decode_options,
     encode_json,
+    key_row,
     message_view,
     session_view,
 )
-from protocol.api import AgentView, MessageView, SessionStatus, SessionView
+from protocol.api import AgentView, MessageView, SessionStatus, SessionView, UsageView
 
 log = logging.getLogger(__name__)
 
@@ -177,41 +185,48 @@ class SQLiteStore:
     # -- agents ---------------------------------------------------------------------------
 
     async def upsert_agent(
-        self, name: str, digest: str, files: int, size: int, now: float
+        self, name: str, digest: str, files: int, size: int, now: float, *,
+        tenant: str = DEFAULT_TENANT,
     ) -> AgentView:
         async with self._write() as db:
             await db.execute(
-                f"INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?, ?, 1, ?, ?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET "
+                f"INSERT INTO agents (tenant, {AGENT_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant, name) DO UPDATE SET "
                 "digest = excluded.digest, version = agents.version + 1, "
                 "files = excluded.files, size = excluded.size, updated_at = excluded.updated_at "
                 "WHERE agents.digest <> excluded.digest",
-                (name, digest, files, size, now, now),
+                (tenant, name, digest, files, size, now, now),
             )
             rows = list(
                 await db.execute_fetchall(
-                    f"SELECT {AGENT_COLUMNS} FROM agents WHERE name = ?", (name,)
+                    f"SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ? AND name = ?",
+                    (tenant, name),
                 )
             )
         return agent_view(rows[0])
 
-    async def get_agent(self, name: str) -> AgentView | None:
+    async def get_agent(self, name: str, *, tenant: str = DEFAULT_TENANT) -> AgentView | None:
         async with self._read() as db:
             rows = list(
                 await db.execute_fetchall(
-                    f"SELECT {AGENT_COLUMNS} FROM agents WHERE name = ?", (name,)
+                    f"SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ? AND name = ?",
+                    (tenant, name),
                 )
             )
         return agent_view(rows[0]) if rows else None
 
-    async def list_agents(self) -> list[AgentView]:
+    async def list_agents(self, *, tenant: str = DEFAULT_TENANT) -> list[AgentView]:
         async with self._read() as db:
-            rows = await db.execute_fetchall(f"SELECT {AGENT_COLUMNS} FROM agents ORDER BY name")
+            rows = await db.execute_fetchall(
+                f"SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ? ORDER BY name", (tenant,)
+            )
         return [agent_view(row) for row in rows]
 
-    async def delete_agent(self, name: str) -> bool:
+    async def delete_agent(self, name: str, *, tenant: str = DEFAULT_TENANT) -> bool:
         async with self._write() as db:
-            cursor = await db.execute("DELETE FROM agents WHERE name = ?", (name,))
+            cursor = await db.execute(
+                "DELETE FROM agents WHERE tenant = ? AND name = ?", (tenant, name)
+            )
             return cursor.rowcount > 0
 
     # -- sessions -------------------------------------------------------------------------
@@ -224,14 +239,16 @@ class SQLiteStore:
         model: str | None,
         options: dict[str, Any],
         now: float,
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> SessionView:
         options_json = encode_json(options)
         async with self._write() as db:
             cursor = await db.execute(
                 "INSERT INTO sessions (id, agent, agent_digest, status, model, options, "
-                "created_at, updated_at) VALUES (?, ?, ?, 'starting', ?, ?, ?, ?) "
+                "created_at, updated_at, tenant) VALUES (?, ?, ?, 'starting', ?, ?, ?, ?, ?) "
                 "ON CONFLICT (id) DO NOTHING",
-                (id, agent, agent_digest, model, options_json, now, now),
+                (id, agent, agent_digest, model, options_json, now, now, tenant),
             )
             if cursor.rowcount == 0:
                 raise SessionExistsError(f"session {id!r} already exists")
@@ -247,11 +264,12 @@ class SQLiteStore:
             model=model,
             created_at=now,
             updated_at=now,
+            tenant=tenant,
         )
 
-    async def get_session(self, id: str) -> SessionView | None:
+    async def get_session(self, id: str, *, tenant: str | None = None) -> SessionView | None:
         async with self._read() as db:
-            return await _select_session(db, id)
+            return await _select_session(db, id, tenant)
 
     async def get_session_options(self, id: str) -> dict[str, Any]:
         async with self._read() as db:
@@ -262,16 +280,64 @@ class SQLiteStore:
             raise SessionNotFoundError(f"no session {id!r}")
         return decode_options(rows[0][0])
 
-    async def list_sessions(self, agent: str | None = None, limit: int = 100) -> list[SessionView]:
+    async def list_sessions(
+        self, agent: str | None = None, limit: int = 100, *, tenant: str | None = None
+    ) -> list[SessionView]:
         check_limit(limit)
-        where, params = ("", (limit,)) if agent is None else ("WHERE agent = ? ", (agent, limit))
+        conds = [(c, v) for c, v in (("agent = ?", agent), ("tenant = ?", tenant)) if v is not None]
+        where = f"WHERE {' AND '.join(c for c, _ in conds)} " if conds else ""
         async with self._read() as db:
             rows = await db.execute_fetchall(
                 f"SELECT {SESSION_COLUMNS} FROM sessions {where}"
                 "ORDER BY created_at DESC, id DESC LIMIT ?",
-                params,
+                (*(v for _, v in conds), limit),
             )
         return [session_view(row) for row in rows]
+
+    async def session_tenant(self, id: str) -> str | None:
+        async with self._read() as db:
+            rows = list(
+                await db.execute_fetchall("SELECT tenant FROM sessions WHERE id = ?", (id,))
+            )
+        return rows[0][0] if rows else None
+
+    # -- API keys -------------------------------------------------------------------------
+
+    async def create_key(
+        self, key_id: str, tenant: str, name: str, scopes: Collection[str], key_hash: str,
+        now: float,
+    ) -> KeyRow:
+        row = KeyRow(key_id, tenant, name, tuple(sorted(scopes)), key_hash, now, None)
+        async with self._write() as db:
+            await db.execute(
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (key_id, tenant, name, " ".join(row.scopes), key_hash, now),
+            )
+        return row
+
+    async def get_key(self, key_id: str) -> KeyRow | None:
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall(
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)))
+        return key_row(rows[0]) if rows else None
+
+    async def list_keys(self, tenant: str | None = None) -> list[KeyRow]:
+        where, params = ("", ()) if tenant is None else ("WHERE tenant = ? ", (tenant,))
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT {KEY_COLUMNS} FROM api_keys {where}ORDER BY created_at, key_id", params)
+        return [key_row(r) for r in rows]
+
+    async def revoke_key(self, key_id: str, now: float, *, tenant: str | None = None) -> KeyRow | None:
+        where, params = ("key_id = ?", (key_id,)) if tenant is None else (
+            "key_id = ? AND tenant = ?", (key_id, tenant))
+        async with self._write() as db:
+            await db.execute(
+                f"UPDATE api_keys SET revoked_at = ? WHERE {where} AND revoked_at IS NULL",
+                (now, *params))
+            rows = list(await db.execute_fetchall(
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE {where}", params))
+        return key_row(rows[0]) if rows else None
 
     async def update_session(
         self,
@@ -396,6 +462,75 @@ class SQLiteStore:
             )
         return [message_view(row) for row in rows]
 
+    # -- MCP status, credentials ----------------------------------------------------------
+
+    async def set_mcp_servers(self, id: str, servers: list[Any], now: float) -> bool:
+        async with self._write() as db:
+            cursor = await db.execute(
+                "UPDATE sessions SET mcp_servers = ?, updated_at = ? WHERE id = ?",
+                (encode_json(servers), now, id),
+            )
+            return cursor.rowcount > 0
+
+    async def put_credential(
+        self, tenant: str, name: str, kind: str, sealed: str, now: float
+    ) -> tuple[CredentialRow, bool]:
+        async with self._write() as db:
+            existed = list(await db.execute_fetchall(
+                "SELECT 1 FROM credentials WHERE tenant = ? AND name = ?", (tenant, name)))
+            await db.execute(
+                f"INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant, name) DO UPDATE SET kind = excluded.kind, "
+                "sealed = excluded.sealed, updated_at = excluded.updated_at",
+                (tenant, name, kind, sealed, now, now),
+            )
+            rows = list(await db.execute_fetchall(
+                f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant = ? AND name = ?",
+                (tenant, name)))
+        return CredentialRow(*rows[0]), not existed
+
+    async def get_credential(self, tenant: str, name: str) -> CredentialRow | None:
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall(
+                f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant = ? AND name = ?",
+                (tenant, name)))
+        return CredentialRow(*rows[0]) if rows else None
+
+    async def list_credentials(self, tenant: str) -> list[CredentialRow]:
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant = ? ORDER BY name",
+                (tenant,))
+        return [CredentialRow(*row) for row in rows]
+
+    async def delete_credential(self, tenant: str, name: str) -> bool:
+        async with self._write() as db:
+            cursor = await db.execute(
+                "DELETE FROM credentials WHERE tenant = ? AND name = ?", (tenant, name))
+            return cursor.rowcount > 0
+
+    # -- usage ----------------------------------------------------------------------------
+
+    async def record_usage(self, row: UsageRow) -> bool:
+        async with self._write() as db:
+            cursor = await db.execute(usage_sql.insert_sql(_mark), usage_sql.insert_params(row))
+            return cursor.rowcount > 0
+
+    async def usage(self, query: UsageQuery) -> list[UsageView]:
+        sql, params = usage_sql.query_sql(query, _mark)
+        async with self._read() as db:
+            rows = await db.execute_fetchall(sql, params)
+        return [usage_sql.usage_view(row) for row in rows]
+
+    async def session_counts(self) -> dict[str, int]:
+        async with self._read() as db:
+            rows = await db.execute_fetchall(usage_sql.SESSION_COUNTS_SQL)
+        return {status: int(count) for status, count in rows}
+
+
+def _mark(index: int) -> str:
+    return "?"
+
 
 def split_statements(sql: str) -> list[str]:
     """Split a migration's SQL into statements (sqlite3's execute runs one at a time).
@@ -429,9 +564,12 @@ async def _rollback(db: aiosqlite.Connection) -> None:
         pass  # no transaction is active: it never began, or COMMIT already ended it
 
 
-async def _select_session(db: aiosqlite.Connection, id: str) -> SessionView | None:
+async def _select_session(
+    db: aiosqlite.Connection, id: str, tenant: str | None = None
+) -> SessionView | None:
+    where, params = ("id = ?", (id,)) if tenant is None else ("id = ? AND tenant = ?", (id, tenant))
     rows = list(
-        await db.execute_fetchall(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (id,))
+        await db.execute_fetchall(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {where}", params)
     )
     return session_view(rows[0]) if rows else None
 

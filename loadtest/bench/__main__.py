@@ -52,7 +52,7 @@ async def stack_ctx(args: argparse.Namespace, tmp: Path, rows: list[Row], floors
         stack.start(runners, coordinator)
         await stack.wait_ready(len(runners))
         nc = await nats.connect(stack.nats_url)
-        http = Http(stack.url)
+        http = Http(stack.url, key=stack.key)
         try:
             yield Ctx(stack=stack, http=http, nc=nc, n=args.n, quick=args.quick, tmp=tmp,
                       runners=list(runners), floors=floors, rows=rows)

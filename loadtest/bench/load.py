@@ -40,7 +40,7 @@ async def _gather_limited(k: int, jobs: list[Callable[[], Awaitable[Any]]]) -> l
 
 
 async def _burst(ctx: Ctx, agent: str, rounds: int, warm: int) -> tuple[list[float], int, int, list[str]]:
-    http = Http(ctx.stack.url)
+    http = Http(ctx.stack.url, key=ctx.stack.key)
     lat: list[float] = []
     ok = total = 0
     errors: list[str] = []
@@ -139,7 +139,7 @@ async def sweep(ctx: Ctx, levels: list[int], label: str, skip: dict[int, str]) -
     coord = ctx.stack.procs["coordinator"].pid
     await asyncio.sleep(2)  # let the warm pool settle before the baseline
     base = _footprint(pid)
-    http = Http(ctx.stack.url)
+    http = Http(ctx.stack.url, key=ctx.stack.key)
     held: list[str] = []
     try:
         for level in levels:

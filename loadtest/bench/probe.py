@@ -67,11 +67,12 @@ class Turn:
 class Http:
     """An aiohttp session against one coordinator."""
 
-    def __init__(self, url: str, connections: int = 0) -> None:
+    def __init__(self, url: str, connections: int = 0, key: str = "") -> None:
         self.url = url
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections, force_close=False),
             timeout=aiohttp.ClientTimeout(total=None, sock_read=300),
+            headers={"Authorization": f"Bearer {key}"} if key else None,
         )
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -78,6 +79,7 @@ class Stack:
     profile: Path | None = None  # run each process under cProfile, writing <name>.prof here
     url: str = ""
     nats_url: str = ""
+    key: str = ""  # the API key the benchmark's clients send (an admin key, minted at start)
     procs: dict[str, Proc] = field(default_factory=dict)
     _nats: object = None
     _runners: int = 0
@@ -91,9 +93,26 @@ class Stack:
         self._spawn("coordinator", "coordinator", clean_env(
             ASH_NATS_URL=self.nats_url, ASH_PORT=str(port), ASH_HOME=str(self.tmp / "home"),
             ASH_DATABASE_URL=f"sqlite:///{self.tmp / 'ash.db'}", ASH_LOG_LEVEL="WARNING",
-            **coordinator_env))
+            **self._auth_env(), **coordinator_env))
         for name, env in runners.items():
             self.start_runner(name, **env)
+
+    def _auth_env(self) -> dict[str, str]:
+        """Where the coordinator has API keys: one admin key, minted here, that every client
+        of the benchmark sends (so each request pays the key check, as in production), and
+        the per-key limits off (one key drives the whole load)."""
+        from coordinator.config import CoordinatorConfig
+
+        fields = set(CoordinatorConfig.__struct_fields__)
+        if "bootstrap_admin_key" not in fields:
+            return {}
+        self.key = f"ash_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+        env = {"ASH_BOOTSTRAP_ADMIN_KEY": self.key}
+        for name in ("rate_session_creates_per_min", "rate_session_creates_burst",
+                     "max_concurrent_turns_per_key"):
+            if name in fields:
+                env[f"ASH_{name.upper()}"] = "0"
+        return env
 
     def start_runner(self, name: str, **env: str) -> Proc:
         k = self._runners

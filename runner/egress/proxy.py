@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import socket
@@ -160,6 +161,21 @@ class EgressProxy:
         if address in self._grants:
             raise ValueError(f"{address} is already registered")
         self._grants[address] = Grant(Rule.make(policy, allowlist), credentials, label)
+
+    def set_credentials(self, address: str, *, api_key: str = "", auth_token: str = "") -> None:
+        """Send this real credential upstream for the sandbox at `address` from now on (a
+        session's own model key), in place of the one it was registered with. The sandbox's
+        placeholder stays what it was, so a warm sandbox can take a session's key when claimed.
+
+        Raises ValueError if `address` is not registered with model credentials, or the
+        credential is not acceptable (`Credentials`).
+        """
+        grant = self._grants.get(address)
+        if grant is None or grant.credentials is None:
+            raise ValueError(f"{address} is not registered with model credentials")
+        placeholder = grant.credentials.placeholder
+        self._grants[address] = dataclasses.replace(
+            grant, credentials=Credentials(placeholder, api_key=api_key, auth_token=auth_token))
 
     def unregister(self, address: str) -> None:
         """Forget `address` and cut its open connections. Idempotent."""

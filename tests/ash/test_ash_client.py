@@ -186,7 +186,7 @@ async def test_a_stream_that_ends_without_done_is_an_error(
 
 
 async def test_error_bodies_become_ash_errors(fake_ash: FakeAsh, agent_dir: Path) -> None:
-    async with AsyncClient(fake_ash.url) as ash:
+    async with AsyncClient(fake_ash.url, retries=0) as ash:
         with pytest.raises(AshError) as missing:
             await ash.create_session("nobody")
         await ash.deploy(agent_dir, "hello")

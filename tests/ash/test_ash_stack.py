@@ -275,7 +275,7 @@ def test_child_env_and_default_children() -> None:
         "PATH": "/bin", "ANTHROPIC_API_KEY": "sk", "ASH_LOG_LEVEL": "debug",
         "ASH_NATS_URL": "nats://127.0.0.1:5", "ASH_HOME": "/h", "ASH_HOST": "0.0.0.0",
         "ASH_PORT": "4200", "ASH_DATABASE_URL": "sqlite:////h/ash.db", "ASH_RUNNER_DIR": "/h/runner",
-        "PYTHONUNBUFFERED": "1",
+        "PYTHONUNBUFFERED": "1", "ASH_LOG_FORMAT": "text",  # people read `ash start`'s logs
     }  # fmt: skip
     assert config.url == "http://127.0.0.1:4200"
     assert [(c.name, c.argv) for c in default_children(config)] == [

@@ -665,3 +665,45 @@ async def test_a_store_not_yet_opened_refuses_work(store_url: str) -> None:
 
     with pytest.raises(StoreError):
         await store.list_agents()
+
+
+# -- tenants and API keys ---------------------------------------------------------------------
+
+
+async def test_agents_are_per_tenant_and_sessions_scoped_by_tenant(store: Store) -> None:
+    a = await store.upsert_agent("hello", "d-a", 1, 10, 1.0, tenant="acme")
+    b = await store.upsert_agent("hello", "d-b", 1, 10, 2.0, tenant="globex")
+    assert (a.version, b.version) == (1, 1)
+    assert await store.get_agent("hello", tenant="acme") == a
+    assert await store.get_agent("hello") is None  # the default tenant has none
+    assert [x.digest for x in await store.list_agents(tenant="globex")] == ["d-b"]
+    assert await store.delete_agent("hello", tenant="globex")
+    assert await store.get_agent("hello", tenant="acme") == a
+
+    s = await store.create_session("s1", "hello", "d-a", None, {}, 3.0, tenant="acme")
+    assert s.tenant == "acme"
+    assert await store.get_session("s1", tenant="acme") == s
+    assert await store.get_session("s1", tenant="globex") is None
+    assert await store.get_session("s1") == s  # no tenant: internal callers see all
+    assert await store.session_tenant("s1") == "acme"
+    assert [v.id for v in await store.list_sessions(tenant="acme")] == ["s1"]
+    assert await store.list_sessions(tenant="globex") == []
+    assert await store.list_sessions(agent="hello", tenant="globex") == []
+    old = await store.create_session("s0", "hello", "d", None, {}, 4.0)
+    assert old.tenant == "default"
+
+
+async def test_api_keys_keep_a_hash_and_revoke_once(store: Store) -> None:
+    row = await store.create_key("k1", "acme", "ci", ["sessions:write", "deploy"], "h1", 1.0)
+    assert row.scopes == ("deploy", "sessions:write") and row.revoked_at is None
+    assert await store.get_key("k1") == row
+    assert await store.get_key("nope") is None
+    await store.create_key("k2", "globex", "ops", ["admin"], "h2", 2.0)
+    assert [k.key_id for k in await store.list_keys("acme")] == ["k1"]
+    assert [k.key_id for k in await store.list_keys()] == ["k1", "k2"]
+    assert await store.revoke_key("k1", 5.0, tenant="globex") is None  # not globex's
+    revoked = await store.revoke_key("k1", 5.0, tenant="acme")
+    assert revoked is not None and revoked.revoked_at == 5.0
+    again = await store.revoke_key("k1", 9.0)
+    assert again is not None and again.revoked_at == 5.0
+    assert await store.revoke_key("nope", 9.0) is None

@@ -75,7 +75,10 @@ async def test_migrations_are_recorded(db_path: Path) -> None:
         rows = raw.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
     finally:
         raw.close()
-    assert rows == [(1, "initial")]
+    from coordinator.store.migrations import MIGRATIONS
+
+    assert rows[0] == (1, "initial")
+    assert rows == [(m.version, m.name) for m in MIGRATIONS]
 
 
 async def test_a_version_recorded_by_newer_code_refuses_to_open(db_path: Path) -> None:

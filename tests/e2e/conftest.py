@@ -58,7 +58,10 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
         )
     stack = Stack(tmp, nats.url)
     try:
-        stack.start_coordinator()
+        # Every e2e module shares this runner and few tests end their sessions, so the
+        # package leaves ~100 idle sandboxes behind: commit memory and CPU loosely (each sandbox's
+        # 2 GB limit is a cap, not what it uses) so that placement never runs out of room.
+        stack.start_coordinator(ASH_OVERCOMMIT_MEMORY="1000", ASH_OVERCOMMIT_CPU="1000")
         stack.start_runner("runner", ASH_CLI="claude", ASH_MODEL_BASE_URL=f"http://127.0.0.1:{port}",
                            HOST_SECRET_TOKEN=HOST_SECRET, ANTHROPIC_API_KEY=MODEL_KEY)
         stack.wait_ready()

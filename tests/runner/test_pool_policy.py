@@ -53,7 +53,8 @@ def test_the_key_does_not_depend_on_env_order_but_on_every_value() -> None:
 
 # A non-default value for every field of SessionOptions. A field added later without a value
 # here fails the next test: whoever adds it must decide it, and it then counts in the key.
-NON_DEFAULT: dict[str, Any] = {"model": "m", "system_prompt": "p", "env": {"K": "v"}}
+NON_DEFAULT: dict[str, Any] = {"model": "m", "system_prompt": "p", "env": {"K": "v"},
+                               "mcp_servers": {"s": {"command": "python3"}}}
 
 
 def test_every_session_option_takes_part_in_the_key() -> None:

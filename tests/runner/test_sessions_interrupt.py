@@ -86,6 +86,7 @@ class Log:
         self.events.append(ev)
         if isinstance(ev, events.Done):
             self.done.set()
+            await asyncio.sleep(0)  # the publisher waits for the ack of a done
         return ev
 
     def types(self) -> list[type]:
@@ -98,7 +99,7 @@ async def manager(cli: FakeCli, log: Log) -> SessionManager:
         return Claim(sandbox=FakeSandbox(), conversation=cli, options=options,  # type: ignore[arg-type]
                      release=_nothing)
 
-    async def make_publisher(session_id: str) -> Log:
+    async def make_publisher(session_id: str, fresh: bool) -> Log:
         return log
 
     mgr = SessionManager(runner_id="r1", max_sessions=4, turn_timeout_s=60, acquire=acquire,
@@ -164,4 +165,23 @@ async def test_a_turn_that_completed_before_the_interrupt_took_says_completed() 
     mgr.start_turn(SendTurn(session_id="s1", turn_id="t2", content="again"))
     await asyncio.wait_for(log.done.wait(), 10)
     assert log.events[-1].reason == "completed" and log.events[-1].turn_id == "t2"  # type: ignore[union-attr]
+    await mgr.close()
+
+
+async def test_once_done_is_out_the_session_can_be_paused_and_sent_to_at_once() -> None:
+    cli, log = FakeCli(), Log()
+    mgr = await manager(cli, log)
+    cli.gate.set()
+    send(mgr)
+    await asyncio.wait_for(log.done.wait(), 10)
+    # What a client does as soon as it reads `done`: the turn's task has not quite returned
+    # yet, and neither the pause nor the next message may be refused for it.
+    assert "s1" in mgr.running_turns()
+    await mgr.pause("s1")
+    mgr.resume("s1")
+    log.done.clear()
+    mgr.start_turn(SendTurn(session_id="s1", turn_id="t2", content="again"))
+    await asyncio.wait_for(log.done.wait(), 10)
+    assert log.events[-1].reason == "completed" and log.events[-1].turn_id == "t2"  # type: ignore[union-attr]
+    assert not await mgr.interrupt("s1")  # and nothing runs once it is over
     await mgr.close()

@@ -128,7 +128,7 @@ def make_rig(notice: ErrorInfo | None = None, restored: SnapshotManifest | None 
                      options=AgentOptions(host_cli="cli", cli_inside="cli", workspace="/w"),
                      release=release, notice=notice, restored=restored)
 
-    async def make_publisher(session_id: str) -> FakePublisher:
+    async def make_publisher(session_id: str, fresh: bool) -> FakePublisher:
         return publishers.setdefault(session_id, FakePublisher())
 
     manager = SessionManager(runner_id="r1", max_sessions=4, turn_timeout_s=30, acquire=acquire,

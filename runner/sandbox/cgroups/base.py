@@ -66,6 +66,11 @@ class Cgroup(Protocol):
         """How many processes of this cgroup the kernel has OOM-killed so far."""
         ...
 
+    def cpu_usage_us(self) -> int | None:
+        """CPU time used by this cgroup's processes so far, in microseconds; None when the
+        host does not account it (no cpuacct hierarchy, no cgroup)."""
+        ...
+
     async def destroy(self) -> None:
         """Kill everything, wait (bounded) until empty, remove the cgroup. Idempotent."""
         ...

@@ -47,6 +47,9 @@ class NoCgroup:
     def oom_kills(self) -> int:
         return 0
 
+    def cpu_usage_us(self) -> int | None:
+        return None
+
     async def destroy(self) -> None:
         pass
 

@@ -59,16 +59,26 @@ class V1Cgroup(CgroupBase):
         counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
         return int(counts.get("oom_kill", "0"))
 
+    def cpu_usage_us(self) -> int | None:
+        # cpuacct.usage is nanoseconds; cpuacct is often co-mounted with cpu ("cpu,cpuacct").
+        for ctrl in ("cpuacct", "cpu"):
+            directory = self._by_ctrl.get(ctrl)
+            if directory is not None and (directory / "cpuacct.usage").exists():
+                return int((directory / "cpuacct.usage").read_text()) // 1000
+        return None
+
 
 class V1Backend:
     """cgroup v1: `<own>/ash/<id>` in the memory, pids, cpu and freezer hierarchies."""
 
     name = "v1"
-    CONTROLLERS = ("memory", "pids", "cpu", "freezer")
+    CONTROLLERS = ("memory", "pids", "cpu", "freezer", "cpuacct")  # cpuacct: usage accounting
 
     def __init__(self, own: Mapping[str, Path]) -> None:
         """`own` maps controller name to the runner's own cgroup directory in that hierarchy."""
         self._own = {c: own[c] for c in self.CONTROLLERS if c in own}
+        if self._own.get("cpuacct") is not None and self._own.get("cpuacct") == self._own.get("cpu"):
+            del self._own["cpuacct"]  # co-mounted with cpu: the one directory serves both
 
     @property
     def own(self) -> Mapping[str, Path]:

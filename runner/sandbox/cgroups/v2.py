@@ -55,6 +55,16 @@ class V2Cgroup(CgroupBase):
         counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
         return int(counts.get("oom_kill", "0"))
 
+    def cpu_usage_us(self) -> int | None:
+        # cpu.stat's usage_usec is there whether or not the cpu controller is enabled.
+        try:
+            text = (self._dir / "cpu.stat").read_text()
+        except FileNotFoundError:
+            return None
+        counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+        value = counts.get("usage_usec")
+        return int(value) if value is not None else None
+
 
 class V2Backend:
     """cgroup v2: `<own>/ash/<id>`, with memory, cpu and pids enabled down the path.
