@@ -45,7 +45,8 @@
 
 Options anywhere: --url (or ASH_URL; default http://127.0.0.1:4100), --api-key (or ASH_API_KEY),
 --json (raw JSON; `send` and `exec` print one event per line). Transfers show progress on
-stderr when it is a terminal (or with --progress). The local stack lives in ASH_HOME (~/.ash).
+stderr when it is a terminal (or with --progress); a create, chat, pause, resume or fork that
+takes over a second shows what it waits for. The local stack lives in ASH_HOME (~/.ash).
 Exit codes: 0 ok; 1 error (one `error:` line and a hint); 2 usage; 3 `status` found nothing
 running; 130 interrupted; `exec` exits with the command's own code.
 """
@@ -59,11 +60,12 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, get_args
+from typing import Any, TextIO, TypeVar, get_args
 
 import msgspec
 
@@ -238,6 +240,33 @@ def _mcp_file(path: str) -> dict[str, Any]:
     return servers
 
 
+T = TypeVar("T")
+WAIT_NOTICE_S = 1.0  # a call slower than this says what it waits for, on a terminal
+
+
+async def waiting(ctx: _Ctx, what: str, call: Awaitable[T]) -> T:
+    """Await `call`; if it takes longer than WAIT_NOTICE_S and stderr is a terminal, show
+    `what` with the seconds waited so far (a cold start or a busy fleet can take a while)."""
+    task = asyncio.ensure_future(call)
+    tty = getattr(ctx.err, "isatty", lambda: False)() and not ctx.json
+    started = time.monotonic()
+    shown = False
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=WAIT_NOTICE_S)
+            if done:
+                return task.result()
+            if tty:
+                ctx.err.write(f"\r{what}... {time.monotonic() - started:.0f} s")
+                ctx.err.flush()
+                shown = True
+    finally:
+        task.cancel()
+        if shown:
+            ctx.err.write("\r\x1b[K")
+            ctx.err.flush()
+
+
 async def _session(ctx: _Ctx, ash: AsyncClient) -> int:
     args = ctx.args
     match args.session_command:
@@ -251,7 +280,8 @@ async def _session(ctx: _Ctx, ash: AsyncClient) -> int:
                 options["credential"] = args.credential
             if args.mcp:
                 options["mcp_servers"] = _mcp_file(args.mcp)
-            session = await ash.create_session(args.agent, **options)
+            session = await waiting(ctx, "starting the session",
+                                    ash.create_session(args.agent, **options))
             ctx.print_json(session) if ctx.json else ctx.out.write(session.id + "\n")
         case "list":
             sessions = await ash.list_sessions(args.agent)
@@ -291,7 +321,7 @@ async def _send(ctx: _Ctx, ash: AsyncClient) -> int:
 
 
 async def _chat(ctx: _Ctx, ash: AsyncClient) -> int:
-    session = await ash.create_session(ctx.args.agent)
+    session = await waiting(ctx, "starting a session", ash.create_session(ctx.args.agent))
     try:
         return await _turn(ctx, ash, session.id, ctx.args.text)
     finally:
@@ -323,11 +353,11 @@ async def _lifecycle(ctx: _Ctx, ash: AsyncClient) -> int:
     sid = ctx.args.session
     match ctx.args.command:
         case "pause":
-            session = await ash.pause_session(sid)
+            session = await waiting(ctx, "pausing (freeze, then snapshot)", ash.pause_session(sid))
         case "resume":
-            session = await ash.resume_session(sid)
+            session = await waiting(ctx, "resuming", ash.resume_session(sid))
         case _:
-            session = await ash.fork_session(sid)
+            session = await waiting(ctx, "forking", ash.fork_session(sid))
     if ctx.json:
         ctx.print_json(session)
     elif ctx.args.command == "fork":
