@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -16,6 +17,32 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 _runner_numbers = itertools.count()
+
+
+_chosen_subnets: set[ipaddress.IPv4Network] = set()
+
+
+def runner_subnet(k: int) -> str:
+    """A /22 of 10.200.0.0-10.255.255.255 for runner number `k`'s sandbox slots that no route
+    of this host overlaps, nor any subnet this process chose before.
+
+    It starts where the pid and `k` point (so test processes running at once seldom meet) and
+    steps on while taken: a runner killed without cleaning up leaves its slots' routes behind,
+    and a new runner on the same /22 would route its sandboxes' packets to the dead veths.
+    """
+    out = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    taken = {ipaddress.ip_network(line.split()[0], strict=False)
+             for line in out.splitlines() if line and line.split()[0][0].isdigit()}
+    taken |= _chosen_subnets
+    start = ((os.getpid() + k // 64) % 56) * 64 + k % 64
+    for i in range(56 * 64):
+        n = (start + i) % (56 * 64)
+        net = ipaddress.ip_network(f"10.{200 + n // 64}.{(n % 64) * 4}.0/22")
+        if not any(net.overlaps(t) for t in taken):
+            _chosen_subnets.add(net)
+            return str(net)
+    raise RuntimeError("no free /22 in 10.200.0.0/13 for a runner's sandbox slots")
 
 
 def free_port() -> int:
@@ -93,7 +120,7 @@ class Stack:
         # test processes running at once (hence the pid: a clash made a CLI's model requests
         # reach another runner's proxy, and the turn hang).
         k = next(_runner_numbers)
-        net = {"ASH_NET_SUBNET": f"10.{200 + (os.getpid() + k // 64) % 56}.{(k % 64) * 4}.0/22",
+        net = {"ASH_NET_SUBNET": runner_subnet(k),
                "ASH_NET_PREFIX": f"t{os.getpid() % 1000:03d}{k % 100:02d}"}
         return self.spawn(name, "runner", clean_env(**{
             "ASH_NATS_URL": self.nats_url, "ASH_RUNNER_ID": name, "ASH_HOME": str(self.tmp / "home"),
