@@ -30,6 +30,7 @@ import errno
 import ipaddress
 import os
 import re
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -254,6 +255,25 @@ class SlotKernel:
                 netns.remove(os.path.join(NETNS_DIR, name))
                 found += 1
         return found
+
+    def check_subnet(self, subnet: str) -> None:
+        """Refuse `subnet` if a route of the host namespace overlaps it (call after `sweep`).
+
+        Another runner's slots, or a killed runner's leftovers under another prefix, would
+        take the answers to this runner's sandboxes: their turns would hang, not fail.
+        """
+        net = ipaddress.ip_network(subnet)
+        for route in self._host().get_routes(family=socket.AF_INET):
+            dst = route.get_attr("RTA_DST")
+            if dst is None or route["dst_len"] == 0:
+                continue  # the default route overlaps everything, and is not in the way
+            other = ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False)
+            if net.overlaps(other):
+                raise NetworkError(
+                    f"the sandbox subnet {subnet} (ASH_NET_SUBNET) overlaps the route to {other} "
+                    "on this host: another runner, or one that was killed, uses it; choose "
+                    "another subnet, or remove the stale namespaces and veths"
+                )
 
     def _in_slot(self, slot: NetworkSlot, command: str | list[str], stdin: str = "") -> str:
         """Run `command` (argv, or a shell script) as root inside the slot; its stdout."""

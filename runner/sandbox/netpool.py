@@ -74,6 +74,7 @@ class NetworkPool:
         if not 0 < proxy_port < 65536:
             raise ValueError(f"bad proxy port {proxy_port}")
         self._prefix = check_prefix(prefix)
+        self._subnet = subnet
         self._slots = [make_slot(prefix, subnet, i, proxy_port) for i in range(size)]
         self._kernel = SlotKernel(host_netns, nsenter=nsenter, nft=nft)
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ash-netns")
@@ -120,6 +121,7 @@ class NetworkPool:
             removed = await self._run(self._kernel.sweep, self._prefix)
             if removed:
                 log.warning("removed %d stale network slot parts named %s*", removed, self._prefix)
+            await self._run(self._kernel.check_subnet, self._subnet)
             self._swept = True
         want = self.size if count is None else min(count, self.size)
         while len(self._state) < want and not self._closed:

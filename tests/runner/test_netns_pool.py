@@ -309,6 +309,24 @@ async def test_close_removes_everything_and_a_new_pool_sweeps_leftovers(lab: Nam
         await pool.acquire()
 
 
+async def test_a_subnet_another_runner_routes_is_refused_with_a_clear_error(
+    lab: Namespaces,
+) -> None:
+    # A killed runner under another prefix left its slot's veth and route for this subnet.
+    run = f"{lab.prefix}-run"
+    await asyncio.to_thread(_build_and_forget, run, make_slot(lab.prefix + "x", SUBNET, 1,
+                                                                PROXY_PORT))
+    pool = NetworkPool(size=2, proxy_port=PROXY_PORT, subnet=SUBNET, prefix=lab.prefix,
+                       host_netns=run)  # fmt: skip
+    try:
+        with pytest.raises(NetworkError, match="overlaps the route to 10.231.0.4/30"):
+            await pool.populate()
+    finally:
+        await pool.close()
+        ip("-n", run, "link", "del", f"{lab.prefix}xv1")
+        ip("netns", "delete", f"{lab.prefix}x-1")
+
+
 def _build_and_forget(host_netns: str, slot: NetworkSlot) -> None:
     """A slot left behind by a "crashed" runner. SlotKernel is used from one thread only."""
     kernel = SlotKernel(host_netns)
