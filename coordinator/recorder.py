@@ -72,6 +72,11 @@ class Recorder:
         self._max_tracked = max_tracked
         # session -> [(seq, future)] of `wait_recorded` calls: woken only by their session
         self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        # What never changes or seldom does, so a turn does not read it back (bounded too):
+        # session -> (tenant, agent) for usage rows; session -> the Claude conversation id
+        # last written (a turn_complete repeating it writes nothing).
+        self._owners: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
+        self._conversations: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     async def __aenter__(self) -> Recorder:
         config = api.ConsumerConfig(
@@ -179,8 +184,11 @@ class Recorder:
         match ev:
             case events.UserMessage() if added:
                 await self._store.update_session(ev.session_id, now, turns_delta=1)
-            case events.TurnComplete(claude_session_id=str(cid)):
+            case events.TurnComplete(claude_session_id=str(cid)) if (
+                self._conversations.get(ev.session_id) != cid
+            ):
                 await self._store.update_session(ev.session_id, now, claude_session_id=cid)
+                _remember(self._conversations, ev.session_id, cid, self._max_tracked)
             case events.McpStatus(servers=servers):
                 # Events come in seq order per session, so the last one recorded is the latest.
                 await self._store.set_mcp_servers(ev.session_id, codec.to_builtins(servers), now)
@@ -188,21 +196,23 @@ class Recorder:
                 await self._record_usage(ev, now)
             case _:
                 pass
-        previous = self._recorded.pop(ev.session_id, 0)
-        top = self._recorded[ev.session_id] = max(previous, ev.seq)
-        while len(self._recorded) > self._max_tracked:
-            self._recorded.popitem(last=False)
+        top = max(self._recorded.get(ev.session_id, 0), ev.seq)
+        _remember(self._recorded, ev.session_id, top, self._max_tracked)
         for want, fut in self._waiters.get(ev.session_id, ()):
             if want <= top and not fut.done():
                 fut.set_result(None)
 
     async def _record_usage(self, done: events.Done, now: float) -> None:
         """One usage row per turn, from its `done` (coordinator/usage.py)."""
-        view = await self._store.get_session(done.session_id)
-        tenant = await self._store.session_tenant(done.session_id)
-        if view is None or tenant is None:
-            raise SessionNotFoundError(f"no session {done.session_id!r}")
-        await self._store.record_usage(usage_row(done, tenant=tenant, agent=view.agent, now=now))
+        owner = self._owners.get(done.session_id)
+        if owner is None:
+            view = await self._store.get_session(done.session_id)
+            tenant = await self._store.session_tenant(done.session_id)
+            if view is None or tenant is None:
+                raise SessionNotFoundError(f"no session {done.session_id!r}")
+            owner = (tenant, view.agent)
+        _remember(self._owners, done.session_id, owner, self._max_tracked)
+        await self._store.record_usage(usage_row(done, tenant=owner[0], agent=owner[1], now=now))
 
     async def wait_recorded(self, session_id: str, seq: int, timeout_s: float) -> bool:
         """Wait until this process has recorded `seq` of the session; False on timeout.
@@ -225,3 +235,11 @@ class Recorder:
             waiters.remove(waiter)
             if not waiters and self._waiters.get(session_id) is waiters:
                 del self._waiters[session_id]
+
+
+def _remember(cache: collections.OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+    """Set `key` as the newest entry; forget the oldest beyond `limit`."""
+    cache.pop(key, None)
+    cache[key] = value
+    while len(cache) > limit:
+        cache.popitem(last=False)

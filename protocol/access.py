@@ -3,7 +3,8 @@
 Two roles share one NATS account (`ASH`, with JetStream):
 
     coordinator   the control plane: sends every runner its commands, owns the streams and
-                  buckets, reads every event log (recorder, SSE), the registry and the stores
+                  buckets, reads every event log (recorder, SSE; a live turn's events also as
+                  they are published), the registry and the stores
     runner <id>   one node: takes only its own commands, publishes events, its own advert,
                   snapshots and the byte streams of exec/download; reads bundles and snapshots
 
@@ -68,7 +69,11 @@ def coordinator_permissions() -> dict[str, Any]:
     ]
     return {
         "publish": {"allow": publish},
-        "subscribe": {"allow": [subjects.STREAMS_WILDCARD, f"{subjects.coordinator_inbox()}.>"]},
+        "subscribe": {"allow": [
+            subjects.STREAMS_WILDCARD,
+            subjects.EVENTS_WILDCARD,  # a live turn is followed by a plain subscription
+            f"{subjects.coordinator_inbox()}.>",
+        ]},
         # answer a runner's stream chunks (acks) on the reply subject it gave
         "allow_responses": True,
     }

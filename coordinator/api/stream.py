@@ -60,6 +60,9 @@ RECORD_WAIT_S = 5.0  # longest wait for the history of a turn before its `done` 
 GAP_WAIT_S = 10.0  # how long events after a missing one are held for it (the runner
 #                    republishes an event whose ack did not come within 5 s)
 GAP_HELD_MAX = 4096  # ... and at most this many
+LIVE_GAP_S = 0.5  # a live follower waits this long for a missing event, then reads the log
+_READY_WAIT_S = 0.001  # how long a read said to be ready may wait before frames go out
+LIVE_CHECK_MIN_S = 1.0  # a quiet live wait at least this long looks at the log before ending
 _RECORD_POLL_S = 0.05
 _RECORD_LOCAL_S = 0.002  # how long to wait for this process's recorder before asking JetStream
 _TAGS: dict[type, str] = {t: t.__struct_config__.tag for t in events.Event.__args__}  # type: ignore[attr-defined]
@@ -180,16 +183,30 @@ def _located(raw: Any) -> Located | None:
 
 @dataclass(slots=True, frozen=True)
 class Delivered:
-    """One event as the log delivered it: decoded, its JSON, and its stream sequence."""
+    """One event as delivered: decoded, its JSON, and its stream sequence (None when it came
+    by the live subscription, which does not carry it)."""
 
     event: events.Event
     data: bytes
-    stream_seq: int
+    stream_seq: int | None
 
 
 class Follower:
-    """An ordered consumer on one session's subject: yields each event with seq > `after`
-    once, in order. `start` None: only events published from now on.
+    """Yields each event of one session with seq > `after` once, in order.
+
+    Two sources:
+      log   `start` given: an ordered JetStream consumer on the session's subject from
+            `start.stream_seq` (a replay, then live).
+      live  `start` None and `nc` given: a plain NATS subscription on the session's subject,
+            for a turn about to start (the runner publishes each event there; JetStream stores
+            it and NATS hands the same message to plain subscribers, so following costs no
+            consumer on the server and no extra hop). Set `after` with `begin_after` once
+            known. Plain NATS drops messages a slow subscriber cannot take, or that come
+            while reconnecting, so the live source falls back to the log: when a gap is not
+            filled within `live_gap_s`, or a wait ends quiet while the log holds events past
+            the last one passed on, it re-reads from the log where it stands (`locate`) and
+            goes on from there.
+      `start` None and no `nc`: an ordered consumer delivering only new events.
 
     An event that comes after a gap (seq > last + 1) is held until the missing ones arrive
     (a republished event lands later in the log), for at most GAP_WAIT_S; then the gap is
@@ -197,24 +214,46 @@ class Follower:
 
     def __init__(
         self, js: JetStreamContext, session_id: str, start: Start | None, *,
-        gap_wait_s: float = GAP_WAIT_S,
+        gap_wait_s: float = GAP_WAIT_S, nc: Any = None, live_gap_s: float = LIVE_GAP_S,
     ) -> None:
         self._js = js
         self.session_id = session_id
         self._start = start
         self.last = start.after if start is not None else 0
-        self._sub: JetStreamContext.PushSubscription | None = None
+        self._sub: Any = None
+        self._live = start is None and nc is not None
+        self._begun = False
+        self._nc = nc
         self._held: dict[int, Delivered] = {}
         self._gap_wait_s = gap_wait_s
+        self._live_gap_s = live_gap_s
         self._gap_deadline = 0.0
 
+    @property
+    def live(self) -> bool:
+        """Reading the plain subscription (not yet fallen back to the log)."""
+        return self._live
+
     async def __aenter__(self) -> Follower:
-        if self._start is None:
+        if self._live:
+            # Subscribed before the command that starts the turn is sent on the same
+            # connection, so the server has the subscription before any event exists.
+            self._sub = await self._nc.subscribe(
+                subjects.session_events(self.session_id),
+                pending_msgs_limit=10_000,
+                pending_bytes_limit=32 * 1024 * 1024,
+            )
+        else:
+            self._sub = await self._log_subscription(self._start)
+        return self
+
+    async def _log_subscription(self, start: Start | None) -> Any:
+        if start is None:
             policy, config = api.DeliverPolicy.NEW, None
         else:
             policy = api.DeliverPolicy.BY_START_SEQUENCE
-            config = api.ConsumerConfig(opt_start_seq=max(1, self._start.stream_seq))
-        self._sub = await self._js.subscribe(
+            config = api.ConsumerConfig(opt_start_seq=max(1, start.stream_seq))
+        return await self._js.subscribe(
             subjects.session_events(self.session_id),
             stream=subjects.EVENTS_STREAM,
             config=config,
@@ -223,7 +262,6 @@ class Follower:
             pending_msgs_limit=10_000,
             pending_bytes_limit=32 * 1024 * 1024,
         )
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -234,6 +272,36 @@ class Follower:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    def ready(self) -> bool:
+        """Whether the next event may be had without waiting: held and next in line, or
+        delivered and not read yet."""
+        return (self.last + 1) in self._held or (
+            self._sub is not None and self._sub.pending_msgs > 0)
+
+    def begin_after(self, after: int) -> None:
+        """Live: pass on only events with seq > `after` (the turn's first is `after` + 1)."""
+        self.last = max(self.last, after)
+        self._begun = True  # from here, a first event past `after` + 1 is a gap too
+
+    async def to_log(self, why: str) -> None:
+        """Live -> log: go on from the log, from the last event passed on."""
+        if not self._live:
+            return
+        logger.info("session %s: following from the log after seq %d (%s)", self.session_id,
+                    self.last, why)
+        start = await EventLog(self._js, self.session_id).locate(self.last)
+        sub = await self._log_subscription(start)
+        old, self._sub, self._live = self._sub, sub, False
+        with contextlib.suppress(Exception):
+            await old.unsubscribe()
+        if self._held:  # what is missing may be in the log: wait for it as long as a log read
+            self._gap_deadline = time.monotonic() + self._gap_wait_s
+
+    async def _missed(self) -> bool:
+        """Live: whether the log holds an event of the session past the last one passed on."""
+        last = await EventLog(self._js, self.session_id).last()
+        return last is not None and last[1].seq > self.last
+
     async def next(self, timeout: float) -> Delivered | None:
         """The next new event, or None after `timeout` seconds without one."""
         assert self._sub is not None, "enter the follower first"
@@ -242,19 +310,23 @@ class Follower:
             if (ready := self._pop_held()) is not None:
                 return ready
             now = time.monotonic()
+            if self._live and self._held and now >= self._gap_deadline:
+                await self.to_log(f"events {self.last + 1}..{min(self._held) - 1} did not come")
+                continue
             left = deadline - now
             if left <= 0:
+                if self._live and timeout >= LIVE_CHECK_MIN_S and await self._missed():
+                    await self.to_log("the log is ahead of the subscription")
+                    deadline = time.monotonic() + timeout
+                    continue
                 return None
             if self._held:
                 left = max(0.0, min(left, self._gap_deadline - now))
             try:
                 msg = await self._sub.next_msg(timeout=left)
             except nats.errors.TimeoutError:
-                if self._held and time.monotonic() >= self._gap_deadline:
+                if self._held and not self._live and time.monotonic() >= self._gap_deadline:
                     self._give_up_gap()
-                    continue
-                if time.monotonic() >= deadline:
-                    return None
                 continue
             try:
                 ev = codec.decode_event(msg.data)
@@ -263,12 +335,18 @@ class Follower:
                 continue
             if ev.seq <= self.last or ev.seq in self._held:
                 continue  # before the start, or a re-published duplicate
-            got = Delivered(ev, msg.data, msg.metadata.sequence.stream)
-            if self.last and ev.seq != self.last + 1:
+            got = Delivered(ev, msg.data, None if self._live else msg.metadata.sequence.stream)
+            if (self.last or self._begun) and ev.seq != self.last + 1:
                 if not self._held:
-                    self._gap_deadline = time.monotonic() + self._gap_wait_s
+                    self._gap_deadline = time.monotonic() + (
+                        self._live_gap_s if self._live else self._gap_wait_s)
                 self._held[ev.seq] = got
-                if len(self._held) > GAP_HELD_MAX or time.monotonic() >= self._gap_deadline:
+                if len(self._held) > GAP_HELD_MAX:
+                    if self._live:
+                        await self.to_log("too many events held after a gap")
+                    else:
+                        self._give_up_gap()
+                elif not self._live and time.monotonic() >= self._gap_deadline:
                     self._give_up_gap()
                 continue
             self.last = ev.seq
@@ -290,8 +368,9 @@ class Follower:
         self._gap_deadline = time.monotonic() + self._gap_wait_s  # for a further gap in the held
 
 
-async def wait_history(svc: Services, session_id: str, seq: int, stream_seq: int) -> bool:
-    """Wait (bounded) until the event `seq` of the session, at `stream_seq`, is recorded."""
+async def wait_history(svc: Services, session_id: str, seq: int, stream_seq: int | None) -> bool:
+    """Wait (bounded) until the event `seq` of the session is recorded. `stream_seq`: where
+    it sits in the log, None when it came live (then the log is asked, if it comes to that)."""
     # Nearly always this process's recorder has it, or will in a moment (with one
     # coordinator it records everything): no need to ask JetStream.
     if await svc.recorder.wait_recorded(session_id, seq, _RECORD_LOCAL_S):
@@ -301,9 +380,16 @@ async def wait_history(svc: Services, session_id: str, seq: int, stream_seq: int
         # The shared consumer's ack floor covers what any coordinator recorded (a replayed
         # turn is long recorded: one look); this process's recorder wakes us at once.
         with contextlib.suppress(Exception):
-            info = await svc.layout.js.consumer_info(subjects.EVENTS_STREAM, DURABLE)
-            if info.ack_floor is not None and info.ack_floor.stream_seq >= stream_seq:
-                return True
+            if stream_seq is None:
+                # The session's newest event in the log is this one or a later one: once
+                # the ack floor passes it, this one is recorded too.
+                last = await EventLog(svc.layout.js, session_id).last()
+                if last is not None and last[1].seq >= seq:
+                    stream_seq = last[0]
+            if stream_seq is not None:
+                info = await svc.layout.js.consumer_info(subjects.EVENTS_STREAM, DURABLE)
+                if info.ack_floor is not None and info.ack_floor.stream_seq >= stream_seq:
+                    return True
         if await svc.recorder.wait_recorded(session_id, seq, _RECORD_POLL_S):
             return True
         if time.monotonic() >= deadline:
@@ -334,9 +420,23 @@ async def pump(
     keepalive = svc.config.keepalive_s
     if stop_at is not None and follower.last >= stop_at:
         return None
+    # Events already delivered are written together: one write (a syscall, a wake-up of the
+    # client) for a burst instead of one per event.
+    frames: list[bytes] = []
+
+    async def flush() -> None:
+        if frames:
+            await resp.write(b"".join(frames))
+            frames.clear()
+
     while True:
-        got = await follower.next(keepalive)
+        if frames and not follower.ready():
+            await flush()
+        got = await follower.next(_READY_WAIT_S if frames else keepalive)
         if got is None:
+            if frames:
+                await flush()
+                continue
             if still_there is not None and not await still_there():
                 return None
             await resp.write(sse.KEEPALIVE)
@@ -345,17 +445,20 @@ async def pump(
         if not select(ev):
             continue
         if isinstance(ev, events.Done):
+            await flush()
             await wait_history(svc, follower.session_id, ev.seq, got.stream_seq)
-        await resp.write(sse.frame(ev.seq, _TAGS[type(ev)], got.data))
+        frames.append(sse.frame(ev.seq, _TAGS[type(ev)], got.data))
         if isinstance(ev, events.Done) and until_done:
+            await flush()
             return ev
         if stop_at is not None and ev.seq >= stop_at:
+            await flush()
             return None
 
 
 async def wait_done(
     svc: Services, follower: Follower, timeout_s: float
-) -> tuple[events.Done, int] | None:
+) -> tuple[events.Done, int | None] | None:
     """The next `done` the follower delivers and its stream seq, or None after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while (left := deadline - time.monotonic()) > 0:

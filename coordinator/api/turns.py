@@ -7,8 +7,9 @@ only follow that log, so a client that disconnects cancels nothing, and any coor
 serve a re-attach (`stream.py` says how a replay finds its start).
 
     POST /messages   resumes a paused session first (`lifecycle.auto_resume`); subscribes
-                     to the log from "now", then asks the runner to start the turn, so no
-                     event can be missed; streams the turn's events to its `done`. An active
+                     to the session's subject (a plain NATS subscription, falling back to
+                     the log on a gap: `stream.Follower`), then asks the runner to start the
+                     turn, so no event can be missed; streams the turn's events to its `done`. An active
                      session whose runner is gone gets 503 `runner_unreachable` (retryable)
                      until the reaper pauses it; the next message then resumes it cold.
                      Answers name the turn and the seq its events come after (headers
@@ -61,7 +62,7 @@ from protocol.api import (
     SendMessageRequest,
 )
 from protocol import events
-from protocol.commands import CommandReply, Interrupt, Rejected, SendTurn
+from protocol.commands import Accepted, CommandReply, Interrupt, Rejected, SendTurn
 from protocol.errors import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -100,18 +101,17 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     _check_can_send(session.status, session.id)
     runner_id = runner_of(svc, session)  # 503 at once if its runner is gone, until it is paused
     turn_id = uuid.uuid4().hex
-    # Read before the turn starts: every event of this turn has a greater seq.
-    last = await EventLog(svc.layout.js, session.id).last()
-    after = last[1].seq if last is not None else 0
-    settled = last is None or isinstance(last[1], events.Done)
     # The caller's key counts this turn until its done (429 when at its cap).
     slot = svc.limiter.acquire_turn(auth.principal(request).key_id) if svc.limiter else None
     started = ended = False
+    after = 0
     try:
-        async with Follower(svc.layout.js, session.id, None) as follower:
+        # Subscribed before the runner is asked, so no event of the turn can be missed; the
+        # runner's answer says which seq the turn's events come after.
+        async with Follower(svc.layout.js, session.id, None, nc=svc.nc) as follower:
             command = SendTurn(session_id=session.id, turn_id=turn_id, content=req.content,
                                model=req.model)
-            reply = await _start_turn(svc, runner_id, command, settled)
+            reply = await _start_turn(svc, runner_id, command)
             if isinstance(reply, Rejected):
                 if reply.error.code == ErrorCode.conflict:
                     raise _turn_running(session.id)
@@ -119,6 +119,12 @@ async def send_message(request: web.Request) -> web.StreamResponse:
                     raise lost_runner(session.id, runner_id, "no longer holds its sandbox")
                 raise passed_on(session, reply.error, reply_status(reply.error.code))
             started = True
+            if isinstance(reply, Accepted) and reply.next_seq > 0:
+                after = reply.next_seq - 1
+            else:  # a runner that does not say: the log's last event is before the turn's
+                last = await EventLog(svc.layout.js, session.id).last()
+                after = last[1].seq if last is not None else 0
+            follower.begin_after(after)
             resp = await sse.open_stream(
                 request, {TURN_ID_HEADER: turn_id, TURN_AFTER_HEADER: str(after)}
             )
@@ -146,17 +152,24 @@ async def _turn_done(svc: Services, session_id: str, turn_id: str, after: int) -
                 return
 
 
-async def _start_turn(
-    svc: Services, runner_id: str, command: SendTurn, settled: bool
-) -> CommandReply:
-    """Ask the runner to start the turn. When the log shows no turn running (`settled`: its
-    last event is a `done`) and the runner still says one runs, that turn is only winding
-    down after its `done`; a client that sends as soon as it reads `done` must not get a
-    409 for that, so ask again for a moment."""
+async def _start_turn(svc: Services, runner_id: str, command: SendTurn) -> CommandReply:
+    """Ask the runner to start the turn, asking again for a moment (about 0.8 s) when:
+    - it is busy (too many commands in flight: hundreds of sessions sent a turn together);
+    - it says a turn still runs while the log shows none running (its last event is a
+      `done`): that turn is only winding down after its `done`, and a client that sends as
+      soon as it reads `done` must not get a 409 for that."""
+    settled: bool | None = None
     for pause in (*SETTLE_PAUSES_S, None):
         reply = await svc.bus.request(runner_id, command, 30.0)
-        refused = isinstance(reply, Rejected) and reply.error.code == ErrorCode.conflict
-        if not (refused and settled) or pause is None:
+        if not isinstance(reply, Rejected) or pause is None:
+            return reply
+        if reply.error.code == ErrorCode.conflict:
+            if settled is None:  # asked of the log only when refused
+                last = await EventLog(svc.layout.js, command.session_id).last()
+                settled = last is None or isinstance(last[1], events.Done)
+            if not settled:
+                return reply
+        elif reply.error.code != ErrorCode.runner_busy:
             return reply
         await asyncio.sleep(pause)  # backoff before asking again
     raise AssertionError("unreachable")

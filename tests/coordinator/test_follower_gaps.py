@@ -1,6 +1,7 @@
 """The follower against a real nats-server: events stored out of order (a republished event
 after later ones) reach the client in seq order, once each; a gap never filled is given up on
-after the wait, and the stream goes on."""
+after the wait, and the stream goes on. A live follower (a plain subscription, for a turn
+about to start) that misses events reads them from the log and goes on from there."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import nats
 import pytest
 
 from ash.embedded_nats import start_nats
-from coordinator.api.stream import EventLog, Follower
+from coordinator.api.stream import LIVE_CHECK_MIN_S, EventLog, Follower
 from protocol import codec, events, subjects
 from protocol.jetstream import ensure_layout
 
@@ -71,4 +72,48 @@ async def test_a_gap_never_filled_is_given_up_after_the_wait(nats_url: str) -> N
         assert await read(follower, 2) == [3, 4]
         await publish(js, "gap2", [2, 5])  # too late for this stream: not passed on
         assert await read(follower, 1) == [5]
+    await nc.close()
+
+
+async def test_a_live_follower_reads_the_turn_from_its_subscription(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_layout(js)
+    await publish(js, "live1", [1, 2])  # an earlier turn
+    async with Follower(js, "live1", None, nc=nc) as follower:
+        follower.begin_after(2)
+        await publish(js, "live1", [3, 4, 5])
+        assert await read(follower, 3) == [3, 4, 5]
+        assert follower.live
+        assert follower.ready() is False
+        assert await follower.next(0.2) is None
+    await nc.close()
+
+
+async def test_a_live_follower_that_missed_an_event_reads_it_from_the_log(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_layout(js)
+    # Seq 1 is stored before the subscription exists: the live source never sees it, as if
+    # NATS had dropped it for a slow subscriber.
+    await publish(js, "live2", [1])
+    async with Follower(js, "live2", None, nc=nc, live_gap_s=0.2) as follower:
+        follower.begin_after(0)
+        await publish(js, "live2", [2, 3])
+        assert await read(follower, 3) == [1, 2, 3]
+        assert not follower.live  # it fell back to the log, and goes on from there
+        await publish(js, "live2", [4])
+        assert await read(follower, 1) == [4]
+    await nc.close()
+
+
+async def test_a_quiet_live_follower_finds_a_missed_last_event_in_the_log(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_layout(js)
+    await publish(js, "live3", [1, 2])  # 2 is the missed one: nothing comes after it
+    async with Follower(js, "live3", None, nc=nc) as follower:
+        follower.begin_after(1)
+        assert await read(follower, 1, timeout=LIVE_CHECK_MIN_S) == [2]
+        assert not follower.live
     await nc.close()
