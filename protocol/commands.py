@@ -243,10 +243,14 @@ class Accepted(msgspec.Struct, kw_only=True, frozen=True, tag="accepted"):
 
     runner_id: str
     claude_session_id: str | None = None
-    next_seq: int = 0
+    next_seq: int = 0  # CreateSession, SendTurn: the seq its next (the turn's first) event gets at least
     warm: bool = False  # CreateSession: the session claimed a pre-started sandbox and CLI
     snapshot: SnapshotManifest | None = None  # PauseSession, SnapshotSession: the snapshot
     warning: ErrorInfo | None = None  # done, but not all of it (a conversation not restored)
+    # CreateSession: ms spent in each phase of getting the sandbox and CLI, timed by the runner
+    # (`snapshot_fetch`, `untar`, `sandbox_prepare`, `cli_spawn`, ..., and `total`; each name is
+    # described in runner/phases.py). For measurement: nothing may depend on which are there.
+    phases: dict[str, float] | None = None
 
 
 class Rejected(msgspec.Struct, kw_only=True, frozen=True, tag="rejected"):

@@ -7,7 +7,8 @@ On SIGTERM, the drain (`runner.drain`): advertise `draining` and refuse new sess
 rest, snapshot the sessions; then stop taking commands, end the sessions (their sandboxes go),
 leave the registry (coordinators pause the sessions at once, resumable cold anywhere), close
 the warm pool (stopping warm CLIs, unmounting disks), drain and close NATS. A second SIGTERM or
-SIGINT cuts the waiting short and skips the snapshots.
+SIGINT cuts the waiting short and skips the snapshots. Each of those closes has a budget and
+says in the log what it waits for when slow (`runner.shutdown`), so a drained runner exits.
 
 `Runner` is also the warm pool's factory: it makes slots (a directory and a quota disk), starts
 sandboxes with a connected CLI in them, and stops them. Host layout under the runner's dir:
@@ -39,8 +40,10 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import nats
+from nats.js import api
 
 from protocol import access, logs, subjects
 from protocol.commands import AgentRef, CreateSession, ModelCredential
@@ -60,7 +63,8 @@ from runner.capacity import HostCapacity
 from runner.heartbeat import Heartbeat
 from runner.intake import Intake
 from runner.metrics import MetricsServer, RunnerMetrics
-from runner.pool import Request, WarmPool
+from runner.phases import Phases
+from runner.pool import CLEANUP_DEADLINE_S, Request, WarmPool
 from runner.publisher import EventPublisher, last_seq
 from runner.sandbox import cgroups
 from runner.sandbox import disk as disks
@@ -72,6 +76,7 @@ from runner.sandbox.netns import NetworkSlot
 from runner.sandbox.netpool import NetworkPool
 from runner.sandbox.spec import CLI_PATH, Limits, SandboxSpec
 from runner.sessions import SHUTDOWN_SNAPSHOT_S, Claim, SessionError, SessionManager
+from runner.shutdown import EXIT_GRACE_S, Step, exit_within
 from runner.snapshots import Restore, SnapshotError, SnapshotStore, not_restored, restore_into
 
 logger = logging.getLogger(__name__)
@@ -81,6 +86,14 @@ OFFLINE_KEY = "ash-offline-placeholder"
 ANTHROPIC_API = "https://api.anthropic.com"
 SCRIPTED_INSIDE = "/opt/ash/scripted"
 AGENT_CACHE = 256  # parsed agent configs kept, by digest
+# Shutdown budgets (runner.shutdown): past its own, the exit goes on without that close. Each
+# is above the bounds the close keeps itself, so a step given up on is a defect to fix.
+CLOSE_S = 10.0  # any close not named below
+SESSIONS_CLOSE_S = SHUTDOWN_SNAPSHOT_S + 30.0  # late snapshots, then the sandboxes' stops
+INTAKE_CLOSE_S = 20.0  # commands in flight get 10 s, then execs and transfers
+POOL_CLOSE_S = CLEANUP_DEADLINE_S + 10.0  # warm sandboxes stop, slots go
+REAPER_CLOSE_S = 15.0  # the reaper's sweep gets 10 s, then it is killed
+NETWORK_CLOSE_S = 30.0  # every network slot destroyed, one at a time
 
 
 @dataclass(slots=True, eq=False)
@@ -157,7 +170,7 @@ class Runner:
         )
         self.snapshots = SnapshotStore(
             layout.snapshots, config.id, os.path.join(config.data_dir, "snapshots"),
-            max_bytes=config.snapshot_max_mb << 20,
+            max_bytes=config.snapshot_max_mb << 20, js=layout.js,
         )
         self.sessions = SessionManager(
             runner_id=config.id,
@@ -252,27 +265,36 @@ class Runner:
         if self.draining:
             raise SessionError(ErrorCode.runner_busy, f"runner {self.config.id} is shutting down; "
                                "try another runner", retryable=True)
-        agent = await self.agent(cmd.agent)
+        phases = Phases()  # each step's time, for Accepted.phases (runner.phases)
+        with phases.span("bundle"):
+            agent = await self.agent(cmd.agent)
         if cmd.credential is not None and self.network is None:
             raise SessionError(ErrorCode.validation_failed, "a session's own model credential "
                                "needs the egress proxy (ASH_SANDBOX_NET=slots) to stay out of "
                                "its sandbox")
-        restore = await self._fetch_restore(cmd) if cmd.restore else None
+        restore = None
+        if cmd.restore:
+            with phases.span("snapshot_fetch"):
+                restore = await self._fetch_restore(cmd)
         resume = cmd.claude_session_id
         if restore is not None and resume is None and restore.manifest is not None:
             resume = restore.manifest.claude_session_id
+        asked = time.perf_counter()
         try:
-            lease = await self.pool.acquire(Request(agent, cmd.options, resume, restore))
+            lease = await self.pool.acquire(Request(agent, cmd.options, resume, restore, phases))
         finally:
             if restore is not None:
                 restore.discard()
+        if lease.warm:  # otherwise the pool and `start` timed their parts
+            phases.add("claim", (time.perf_counter() - asked) * 1000)
         restored = None
         link = os.path.join(self.sessions_dir, cmd.session_id)
         try:
             if cmd.credential is not None:
                 self._use_credential(lease.ready, cmd.credential)
             if restore is not None and restore.manifest is not None and not restore.fork:
-                restored = await self._claim_snapshot(restore.manifest)
+                with phases.span("snapshot_claim"):
+                    restored = await self._claim_snapshot(restore.manifest, restore.info)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(link)
             os.symlink(os.path.relpath(lease.slot.disk.path, self.sessions_dir), link)
@@ -291,7 +313,8 @@ class Runner:
         ready = lease.ready
         return Claim(sandbox=ready.sandbox, conversation=ready.conversation, options=ready.options,
                      release=release, warm=lease.warm, turn_timeout_s=agent.settings.turn_timeout_s,
-                     memory_mb=agent.settings.memory_mb, notice=ready.notice, restored=restored)
+                     memory_mb=agent.settings.memory_mb, notice=ready.notice, restored=restored,
+                     phases=phases)
 
     def _use_credential(self, ready: Ready, credential: ModelCredential) -> None:
         """Have the egress proxy send the session's own model key for this sandbox (which
@@ -318,12 +341,13 @@ class Runner:
                            cmd.session_id, cmd.restore_from or cmd.session_id)
         return restore
 
-    async def _claim_snapshot(self, manifest: SnapshotManifest) -> SnapshotManifest:
+    async def _claim_snapshot(self, manifest: SnapshotManifest,
+                              info: api.ObjectInfo | None = None) -> SnapshotManifest:
         """Take the restored snapshot over, so that the sandbox it came from (if it still runs
         somewhere) can no longer replace it; without the claim, the first snapshot from here
         would see another writer and refuse."""
         try:
-            return await self.snapshots.claim(manifest, secrets.token_hex(8))
+            return await self.snapshots.claim(manifest, secrets.token_hex(8), info)
         except Exception as e:
             logger.warning("session %s: cannot claim its snapshot (%s); continuing",
                            manifest.session_id, e)
@@ -363,22 +387,28 @@ class Runner:
         return ready
 
     async def _start(self, slot: Slot, request: Request) -> Ready:
-        agent, opts = request.agent, request.options
+        agent, opts, phases = request.agent, request.options, request.phases
         resume, fork, notice = request.resume, False, None
         if isinstance(request.restore, Restore):
             try:
-                resume, notice = await asyncio.to_thread(
-                    restore_into, slot.disk.path, request.restore, request.resume,
-                    lambda: _fresh_workspace(agent.folder, slot.workspace, slot.home),
-                    max_bytes=self.snapshots.max_bytes)
+                # Without a snapshot, restore_into copies the agent folder instead.
+                with phases.span("untar" if request.restore.path is not None else "workspace_copy"):
+                    resume, notice = await asyncio.to_thread(
+                        restore_into, slot.disk.path, request.restore, request.resume,
+                        lambda: _fresh_workspace(agent.folder, slot.workspace, slot.home),
+                        max_bytes=self.snapshots.max_bytes)
             except SnapshotError as e:
                 raise SessionError(ErrorCode.sandbox_failed, str(e), retryable=True) from e
             fork = request.restore.fork and resume is not None
         else:
-            await asyncio.to_thread(_fresh_workspace, agent.folder, slot.workspace, slot.home)
+            with phases.span("workspace_copy"):
+                await asyncio.to_thread(_fresh_workspace, agent.folder, slot.workspace, slot.home)
         env = self.sandbox_env(opts.env)  # built by the runner, so every key is meant to pass
         s = agent.settings
-        net = await self._grant_network(agent, env) if self.network is not None else None
+        net = None
+        if self.network is not None:
+            with phases.span("network"):
+                net = await self._grant_network(agent, env)
         spec = SandboxSpec(
             sandbox_id=f"{slot.id}-{next(self._generation)}",  # a fresh cgroup per sandbox
             state_dir=os.path.join(slot.root, "sandbox"),
@@ -395,7 +425,8 @@ class Runner:
         )
         sandbox = Sandbox(spec, self.cgroups)
         try:
-            await sandbox.prepare()
+            with phases.span("sandbox_prepare"):
+                await sandbox.prepare()
         except BaseException:
             await asyncio.shield(self._release_network(net))
             raise
@@ -410,20 +441,23 @@ class Runner:
             # The transcript came along, yet the CLI may still refuse it (a newer format, a
             # file cut short): then a new conversation, with the notice, not a failed session.
             try:
-                await conversation.connect()
+                with phases.span("cli_spawn"):
+                    await conversation.connect()
                 return Ready(sandbox, conversation, options, net, notice)
             except BaseException as e:
                 if not isinstance(e, Exception):
                     await asyncio.shield(self.stop(Ready(sandbox, conversation, options, net)))
                     raise
                 tail = " | ".join(conversation.stderr_tail)[-500:] or "it exited"
-                await asyncio.shield(conversation.close())
+                with phases.span("cli_spawn"):  # the refused CLI's exit: part of its cost
+                    await asyncio.shield(conversation.close())
                 logger.warning("CLI could not resume %s: %s; starting a new conversation", resume, tail)
                 notice = not_restored(resume, f"the CLI could not resume it: {tail}")
                 options = dataclasses.replace(options, resume=None, fork=False)
                 conversation = bridge.Conversation(options, sandbox)
         try:
-            await conversation.connect()
+            with phases.span("cli_spawn"):
+                await conversation.connect()
         except BaseException as e:
             await asyncio.shield(self.stop(Ready(sandbox, conversation, options, net)))
             if not isinstance(e, Exception):
@@ -524,7 +558,8 @@ def _fresh_workspace(agent_dir: str, workspace: str, home: str) -> None:
 
 
 async def serve(config: RunnerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain (a second signal forces the stop)."""
+    """Run until SIGTERM or SIGINT, then drain (a second signal forces the stop) and close
+    everything, each close a bounded step; the process then has EXIT_GRACE_S to exit."""
     stop, force = asyncio.Event(), asyncio.Event()
     _stop_on_signals(stop, force)
     logs.set_ids(runner_id=config.id)  # every log line of this process names its runner
@@ -539,13 +574,14 @@ async def serve(config: RunnerConfig) -> None:
                 tls_cert=config.nats_tls_cert, tls_key=config.nats_tls_key,
             ),
         )
-        stack.push_async_callback(_close_nats, nc)
+        stack.push_async_callback(Step("nats", lambda: _close_nats(nc), CLOSE_S))
         layout = await ensure_layout(nc.jetstream())
         model_url = config.model_base_url or config.anthropic_base_url
         if config.uses_scripted_model and not model_url:
             from runner.scripted.model_api import ScriptedModelServer
 
-            server = await stack.enter_async_context(ScriptedModelServer(host="127.0.0.1", port=0))
+            server = await _enter(stack, "scripted model",
+                                  ScriptedModelServer(host="127.0.0.1", port=0))
             model_url = server.url
             logger.warning("no ANTHROPIC_API_KEY: agents answer from the offline scripted model at %s",
                            model_url)
@@ -555,27 +591,29 @@ async def serve(config: RunnerConfig) -> None:
         runner = Runner(config, layout, model_url, network)
         await runner.clean_up_after_crash()
         # Unmounts what is left of the sandbox disks when this process exits, even by SIGKILL.
-        await stack.enter_async_context(disks.Reaper(runner.sandboxes_dir, sys.executable))
-        await stack.enter_async_context(runner.pool)  # closes after the sessions release theirs
+        await _enter(stack, "disk reaper", disks.Reaper(runner.sandboxes_dir, sys.executable),
+                     REAPER_CLOSE_S)
+        # Closes after the sessions release theirs.
+        await _enter(stack, "warm pool", runner.pool, POOL_CLOSE_S)
         if config.runner_metrics_port:
-            exporter = await stack.enter_async_context(MetricsServer(
+            exporter = await _enter(stack, "metrics server", MetricsServer(
                 runner.metrics.registry, config.runner_metrics_host, config.runner_metrics_port,
                 refresh=lambda: runner.metrics.sessions.set(len(runner.sessions))))
             logger.info("runner %s serves metrics at %s", config.id, exporter.url)
         # Closed in reverse: stop taking commands, end the sessions, then leave the registry, so
         # that coordinators pause the sessions only once their sandboxes (and snapshots) are done.
         heartbeat = Heartbeat(layout.runners, config.id, runner.advert, config.advert_interval_s)
-        stack.push_async_callback(heartbeat.close)
+        stack.push_async_callback(Step("heartbeat", heartbeat.close, CLOSE_S))
 
         async def end_sessions() -> None:
             await runner.sessions.close(0 if force.is_set() else SHUTDOWN_SNAPSHOT_S)
 
-        stack.push_async_callback(end_sessions)
+        stack.push_async_callback(Step("sessions", end_sessions, SESSIONS_CLOSE_S))
         runner.execs = ExecService(nc, runner.sessions)
-        await stack.enter_async_context(Intake(
+        await _enter(stack, "intake", Intake(
             nc, runner.sessions, warm_agent=runner.warm,
             execs=runner.execs, files=FileService(nc, runner.sessions),
-        ))
+        ), INTAKE_CLOSE_S)
         await heartbeat.start()  # advertised only once commands are served
         logger.info("runner %s ready (cli %s, cgroups %s, disks %s, max %d sessions)", config.id,
                     config.cli, type(runner.cgroups).__name__, runner.disk_backend.name,
@@ -593,6 +631,8 @@ async def serve(config: RunnerConfig) -> None:
                     "ending %d sessions", config.id, " (forced)" if report.forced else "",
                     len(report.finished), len(report.interrupted), len(report.snapshots),
                     len(runner.sessions.held()))
+    logger.info("runner %s stopped", config.id)
+    exit_within(EXIT_GRACE_S, f"runner {config.id}")
 
 
 def _stop_on_signals(stop: asyncio.Event, force: asyncio.Event) -> None:
@@ -621,16 +661,35 @@ async def _open_network(
 ) -> Network:
     """Build the slot pool and the egress proxy listening on every slot's host end."""
     upstream = ModelUpstream.from_url(model_url)
-    pool = await stack.enter_async_context(NetworkPool(
+    pool = await _enter(stack, "network pool", NetworkPool(
         size=config.max_sessions + config.pool_warm_max + 2, proxy_port=config.egress_port,
         subnet=config.net_subnet, prefix=config.netns_prefix,
-    ))
-    proxy = await stack.enter_async_context(EgressProxy(model=upstream))
+    ), NETWORK_CLOSE_S)
+    proxy = await _enter(stack, "egress proxy", EgressProxy(model=upstream))
     for gateway in pool.gateways():
         await proxy.listen(gateway, config.egress_port)
     # A few slots now; acquire builds the rest on demand (about 50 ms each).
     await pool.populate(min(pool.size, 4))
     return Network(pool=pool, proxy=proxy, model_host=upstream.host)
+
+
+class _Closing(Protocol):
+    """What the exit stack holds: entered once, closed (idempotently) by `close()`."""
+
+    async def __aenter__(self) -> object: ...
+
+    async def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Closing)
+
+
+async def _enter(stack: contextlib.AsyncExitStack, name: str, cm: _C,
+                 budget_s: float = CLOSE_S) -> _C:
+    """Enter `cm` and have `stack` close it as a bounded shutdown step named `name`."""
+    await cm.__aenter__()
+    stack.push_async_callback(Step(name, cm.close, budget_s))
+    return cm
 
 
 async def _close_nats(nc: nats.NATS) -> None:

@@ -50,6 +50,8 @@ from runner.sessions import SessionError, SessionManager
 
 logger = logging.getLogger(__name__)
 
+MIN_INFLIGHT = 256  # commands handled at once, at least (else twice the runner's max sessions)
+
 
 class Intake:
     """Subscribes to `subjects.runner_commands(runner_id)` and dispatches to the sessions."""
@@ -59,7 +61,7 @@ class Intake:
         nc: NatsClient,
         sessions: SessionManager,
         *,
-        max_inflight: int = 256,
+        max_inflight: int | None = None,
         execs: ExecService | None = None,
         files: FileService | None = None,
         warm_agent: Callable[[AgentRef], Awaitable[None]] | None = None,
@@ -69,7 +71,10 @@ class Intake:
         self._warm_agent = warm_agent
         self._execs = execs if execs is not None else ExecService(nc, sessions)
         self._files = files if files is not None else FileService(nc, sessions)
-        self._max_inflight = max_inflight
+        # Every session may have a command in flight at once (500 sessions each sent a turn
+        # together), and then some; at least MIN_INFLIGHT.
+        self._max_inflight = max_inflight if max_inflight is not None else max(
+            MIN_INFLIGHT, 2 * sessions.max_sessions)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub = None
 
@@ -130,10 +135,13 @@ class Intake:
                 return Accepted(runner_id=s.runner_id,
                                 claude_session_id=session.conversation.claude_session_id,
                                 next_seq=session.publisher.seq + 1, warm=session.warm,
-                                warning=session.notice)
+                                warning=session.notice, phases=session.phases)
             case SendTurn():
                 s.start_turn(command)
-                return Accepted(runner_id=s.runner_id)
+                # The turn's events come after every event already handed to the publisher
+                # (a previous turn's `done` still being stored may come between).
+                return Accepted(runner_id=s.runner_id,
+                                next_seq=s.get(command.session_id).publisher.seq + 1)
             case Interrupt():
                 if not await s.interrupt(command.session_id):
                     return self._rejected(ErrorCode.conflict, "no turn is running in this session")

@@ -43,6 +43,7 @@ from protocol.snapshots import SnapshotManifest
 from runner.autosave import AutoSave, SavePolicy
 from runner.bridge import AgentOptions, Conversation, Launcher
 from runner.metrics import RunnerMetrics, TurnMeter
+from runner.phases import Phases
 from runner.publisher import EventPublisher
 from runner.snapshots import SnapshotError, SnapshotSuperseded
 
@@ -103,6 +104,7 @@ class Claim:
     memory_mb: int = 0  # for the out-of-memory message
     notice: ErrorInfo | None = None  # restored without its conversation: say so at the next turn
     restored: SnapshotManifest | None = None  # the session's own snapshot it was restored from
+    phases: Phases = field(default_factory=Phases)  # how long getting it took, step by step
 
 
 @dataclass(slots=True)
@@ -130,6 +132,7 @@ class Session:
     autosave: AutoSave | None = None
     writer: str = field(default_factory=lambda: secrets.token_hex(8))  # this sandbox life's id
     snapshot_owner: str | None = None  # the writer of the session's snapshot as last seen here
+    phases: dict[str, float] | None = None  # ms by phase of its create (runner.phases)
 
 
 class SessionManager:
@@ -169,7 +172,8 @@ class SessionManager:
         return len(self._sessions) + len(self._creating)
 
     async def create(self, cmd: CreateSession) -> Session:
-        """Claim a sandbox with a connected CLI and register the session."""
+        """Claim a sandbox with a connected CLI and register the session; its `phases` say how
+        long each step took (the create that made it, for a repeated command)."""
         if cmd.session_id in self._sessions:
             return self._sessions[cmd.session_id]
         if cmd.session_id in self._creating:
@@ -177,11 +181,13 @@ class SessionManager:
         if len(self) >= self.max_sessions:
             raise SessionError(ErrorCode.runner_busy, f"runner {self.runner_id} is full", True)
         self._creating.add(cmd.session_id)
+        started = time.perf_counter()
         claim: Claim | None = None
         try:
             claim = await self._acquire(cmd)
             fresh = not cmd.restore and cmd.claude_session_id is None
-            publisher = await self._make_publisher(cmd.session_id, fresh)
+            with claim.phases.span("publisher"):
+                publisher = await self._make_publisher(cmd.session_id, fresh)
             session = Session(
                 id=cmd.session_id, agent=cmd.agent.name, sandbox=claim.sandbox,
                 options=claim.options, conversation=claim.conversation, publisher=publisher,
@@ -195,6 +201,8 @@ class SessionManager:
                 session.snapshot_owner = claim.restored.writer
             self._start_autosave(session, claim.restored)
             self._sessions[cmd.session_id] = session
+            session.phases = claim.phases.done(started)
+            logger.debug("session %s created in %s", session.id, session.phases)
             claim = None  # owned by the session now
             return session
         finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -35,14 +36,15 @@ from dataclasses import dataclass
 from typing import IO
 
 import msgspec
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
-from protocol import codec
+from protocol import codec, subjects
 from protocol.errors import ErrorCode, ErrorInfo
 from protocol.files import MAX_EXTRACT_MEMBERS
 from protocol.snapshots import FORMAT, HOME_DIR, WORKSPACE_DIR, SnapshotManifest
+from runner import objects
 from runner.archive import extract_archive, write_trees
 from runner.workspace import Workspace, WorkspaceError
 
@@ -173,6 +175,7 @@ class Restore:
     path: str | None
     manifest: SnapshotManifest | None
     fork: bool = False
+    info: api.ObjectInfo | None = None  # the object's info it was fetched with (for `claim`)
 
     def discard(self) -> None:
         if self.path is not None:
@@ -217,8 +220,14 @@ def _real_file(path: str) -> bool:
 class SnapshotStore:
     """Snapshots of this runner's sessions in the object store; at most CONCURRENCY at once."""
 
-    def __init__(self, store: ObjectStore, runner_id: str, tmp_dir: str, *, max_bytes: int) -> None:
+    def __init__(self, store: ObjectStore, runner_id: str, tmp_dir: str, *, max_bytes: int,
+                 js: JetStreamContext | None = None, bucket: str = subjects.SNAPSHOTS_BUCKET) -> None:
+        """With `js` (the context of `store`, whose bucket is `bucket`), a restore reads the
+        snapshot's chunks by direct gets and a claim writes the info in hand (`runner.objects`);
+        without it, through `store` alone."""
         self._store = store
+        self._js = js
+        self._bucket = bucket
         self._runner_id = runner_id
         self._tmp = tmp_dir
         self.max_bytes = max_bytes
@@ -228,12 +237,18 @@ class SnapshotStore:
 
     async def latest(self, session_id: str) -> SnapshotManifest | None:
         """The manifest of the session's snapshot, or None."""
+        found = await self._latest(session_id)
+        return None if found is None else found[1]
+
+    async def _latest(self, session_id: str) -> tuple[api.ObjectInfo, SnapshotManifest] | None:
+        """The object's info (read through the stream's leader: never an older snapshot) and
+        the manifest in it, or None."""
         try:
             info = await self._store.get_info(session_id)
         except NotFoundError:
             return None
         try:
-            return codec.decode_as((info.description or "").encode(), SnapshotManifest)
+            return info, codec.decode_as((info.description or "").encode(), SnapshotManifest)
         except (codec.DecodeError, codec.ValidationError) as e:
             raise SnapshotError(
                 f"the snapshot of {session_id} has an unreadable manifest: {e}") from e
@@ -278,30 +293,41 @@ class SnapshotStore:
         """Download the session's snapshot to a temporary file (discard() it when done); a
         Restore without a path when the session has none."""
         async with self._sem:
-            manifest = await self.latest(session_id)
-            if manifest is None:
+            found = await self._latest(session_id)
+            if found is None:
                 return Restore(None, None)
+            info, manifest = found
             if manifest.size > self.max_bytes * 2 + (1 << 20):  # compressed; generous
                 raise SnapshotError(f"the snapshot of {session_id} is {manifest.size} bytes, "
                                     f"more than this runner restores")
             fd, path = tempfile.mkstemp(dir=self._tmp, prefix=f"{session_id}-", suffix=".get")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    await self._store.get(session_id, writeinto=f)  # type: ignore[arg-type]
+                    if self._js is None or not await objects.read_chunks(
+                            self._js, self._bucket, info, f):
+                        f.seek(0)
+                        f.truncate()
+                        await self._store.get(session_id, writeinto=f)  # type: ignore[arg-type]
             except BaseException as e:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                 if isinstance(e, Exception):
                     raise SnapshotError(f"cannot fetch the snapshot of {session_id}: {e}") from e
                 raise
-            return Restore(path, manifest)
+            return Restore(path, manifest, info=info)
 
-    async def claim(self, manifest: SnapshotManifest, writer: str) -> SnapshotManifest:
+    async def claim(self, manifest: SnapshotManifest, writer: str,
+                    info: api.ObjectInfo | None = None) -> SnapshotManifest:
         """Mark the session's snapshot as this sandbox's (a cold resume took the session over),
-        so that the sandbox it came from can no longer replace it. Data unchanged."""
+        so that the sandbox it came from can no longer replace it. Data unchanged. `info`: the
+        object's info as fetched with `manifest` (saves reading it again)."""
         claimed = msgspec.structs.replace(manifest, writer=writer, runner_id=self._runner_id,
                                           reason="claim")
-        await self._store.update_meta(manifest.session_id, self._meta(claimed))
+        if self._js is not None and info is not None and info.name == manifest.session_id:
+            info = dataclasses.replace(info, description=codec.encode(claimed).decode())
+            await objects.put_info(self._js, self._bucket, info)
+        else:
+            await self._store.update_meta(manifest.session_id, self._meta(claimed))
         return claimed
 
     async def forget(self, session_id: str) -> None:

@@ -6,11 +6,13 @@ signal forces the stop."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from protocol.commands import CreateSession, Rejected
@@ -18,6 +20,7 @@ from protocol.errors import ErrorCode
 from protocol.runners import RunnerAdvert
 from tests.e2e.sse import Frame, text_of
 from tests.e2e.test_lifetimes import DEADLINE_S, Rig, eventually, frames, held, open_rig
+from tests.procs import Proc, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +33,18 @@ async def draining(rig: Rig, runner_id: str) -> RunnerAdvert:
         advert = await rig.advert(runner_id)
         return advert if advert is not None and advert.draining else None
     return await eventually(check, f"{runner_id} to advertise draining")
+
+
+def shutdown_lines(proc: Proc) -> list[str]:
+    """The runner's log from its drain on: each close step says how it ended."""
+    lines = []
+    for raw in proc.log.read_text(errors="replace").splitlines():
+        try:
+            lines.append(json.loads(raw)["msg"])
+        except (ValueError, KeyError):
+            continue
+    start = next(i for i, line in enumerate(lines) if " draining: " in line)
+    return lines[start:]
 
 
 async def test_sigterm_lets_the_running_turn_finish_then_the_session_resumes_elsewhere(
@@ -139,3 +154,40 @@ async def test_a_second_signal_stops_the_runner_without_waiting(tmp_path: Path) 
         assert got[-1].event == "done" and got[-1].data["reason"] == "interrupted"
         assert "second time" in got[-2].data["error"]["message"]
         assert (await rig.wait_status(sid, "paused"))["runner_id"] is None
+
+
+async def test_a_drained_runner_exits_with_a_metrics_client_connected_and_a_turn_running(
+    tmp_path: Path,
+) -> None:
+    async with open_rig(tmp_path, **COORDINATOR) as rig:
+        port = free_port()
+        proc = rig.runner("exit-a", ASH_DRAIN_TIMEOUT_S="1", ASH_RUNNER_METRICS_PORT=str(port),
+                          **RUNNER)
+        await rig.ready()
+        await rig.deploy()
+        sid = (await rig.create())["id"]
+        # A scraper that keeps its connection to the metrics server open (HTTP keep-alive),
+        # as Prometheus does, across the whole shutdown.
+        async with aiohttp.ClientSession() as scraper:
+            async with scraper.get(f"http://127.0.0.1:{port}/metrics") as r:
+                assert r.status == 200 and "ash_runner_sessions" in await r.text()
+            got: list[Frame] = []
+            async with rig.http.post(f"{rig.url}/api/sessions/{sid}/messages",
+                                     json={"content": "sleep:120 an endless story"}) as resp:
+                async for f in frames(resp):
+                    got.append(f)
+                    if f.event == "text_delta" and proc.popen.returncode is None and \
+                            sum(x.event == "text_delta" for x in got) == 1:
+                        proc.popen.send_signal(signal.SIGTERM)
+            assert got[-1].event == "done" and got[-1].data["reason"] == "interrupted"
+            assert await rig.wait_exit(proc) == 0, proc.tail()
+        assert await rig.advert("exit-a") is None  # it left the registry
+        assert (await rig.wait_status(sid, "paused"))["runner_id"] is None
+        # Every close ended well within its budget, and the log names each one.
+        lines = shutdown_lines(proc)
+        closed = [line.split()[2] for line in lines if line.startswith("shutdown: closed ")]
+        for name in ("intake", "sessions", "heartbeat", "metrics", "warm", "nats"):
+            assert name in closed, lines
+        assert not [line for line in lines if line.startswith("shutdown: ") and
+                    not line.startswith("shutdown: closed ")], lines
+        assert lines[-1] == "runner exit-a stopped", lines

@@ -123,8 +123,7 @@ async def test_metrics_count_turns_exec_placement_and_warm_and_cold_resume(fleet
         # A drains away (SIGTERM): its sessions are snapshotted, then resume cold on B.
         await post(http, f"{url}/api/sessions/{sid}/pause")
         proc_a = fleet.runners["mt-a"][0]
-        # Generous: the drain ends its sandboxes and NATS, slower on a loaded 2-core machine.
-        assert await asyncio.to_thread(proc_a.stop, timeout=60.0) == 0, proc_a.tail()
+        assert await asyncio.to_thread(proc_a.stop) == 0, proc_a.tail()
         resumed, cold = await post(http, f"{url}/api/sessions/{sid}/resume")
         again = await turn(http, url, sid, "What was the word?")
         coordinator = scrape(url + "/metrics")

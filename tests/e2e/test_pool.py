@@ -274,6 +274,19 @@ async def test_warm_agent_fills_the_pool_before_any_session_and_accepted_says_wa
     assert isinstance(other, Accepted) and not other.warm
     for reply in (hit, other):
         assert reply.runner_id == RUNNER
+    # Each says where the runner's time went: a hit only took its sandbox, a miss made one.
+    assert_phases(hit.phases, {"bundle", "claim", "publisher"})
+    assert_phases(other.phases, {"bundle", "slot", "workspace_copy", "network", "sandbox_prepare",
+                                 "cli_spawn", "publisher"})
+
+
+def assert_phases(phases: dict[str, float] | None, expected: set[str]) -> None:
+    """`Accepted.phases` of a create: the phases that happened and the total, each >= 0; the
+    phases do not overlap, so they add up to no more than the total."""
+    assert phases is not None and set(phases) == expected | {"total"}, phases
+    assert all(ms >= 0 for ms in phases.values()), phases
+    assert phases.get("cli_spawn", 0.0) <= phases["total"]
+    assert sum(ms for name, ms in phases.items() if name != "total") <= phases["total"] + 0.01
 
 
 async def test_after_a_redeploy_no_session_gets_a_sandbox_of_the_old_version(rig: Rig) -> None:

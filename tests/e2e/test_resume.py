@@ -28,9 +28,10 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from ash.embedded_nats import start_nats
 from protocol import codec, subjects
+from protocol.commands import Accepted, AgentRef, CommandReply, CreateSession, EndSession
 from protocol.snapshots import SnapshotManifest
 from tests.e2e.sse import Frame, read_turn, text_of
-from tests.e2e.test_pool import bundle
+from tests.e2e.test_pool import assert_phases, bundle
 from tests.procs import Proc, Stack, clean_env
 
 pytestmark = pytest.mark.e2e
@@ -89,6 +90,12 @@ class Rig:
         return body if status == 200 else None
 
     # -- what is behind it --------------------------------------------------------------------
+
+    async def command(self, runner_id: str, cmd: Any) -> CommandReply:
+        """A command straight to a runner over NATS, as a coordinator sends it."""
+        msg = await self.nc.request(subjects.runner_commands(runner_id), codec.encode(cmd),
+                                    timeout=30)
+        return codec.decode_reply(msg.data)
 
     async def snapshot(self, sid: str) -> SnapshotManifest | None:
         store = await self.nc.jetstream().object_store(subjects.SNAPSHOTS_BUCKET)
@@ -279,6 +286,30 @@ async def test_a_fork_has_the_workspace_and_conversation_and_both_go_on_independ
     assert second["status"] == "active"
     assert text_of(await rig.turn(second["id"], "What was the word?")) == "The word was bravo."
     assert (await rig.get(sid))["status"] == "paused"  # the source is left as it was
+
+
+async def test_a_cold_restore_on_this_or_another_runner_says_how_long_each_phase_took(
+    rig: Rig,
+) -> None:
+    session = await rig.create()
+    sid, home = session["id"], session["runner_id"]
+    away = next(r for r in ("rs-a", "rs-b") if r != home)
+    await rig.turn(sid, "Remember the word egret")
+    await rig.lifecycle(sid, "pause")  # the snapshot: workspace and HOME, the transcript in it
+    paused = await rig.get(sid)
+    assert isinstance(await rig.command(home, EndSession(session_id=sid)), Accepted)
+    restore = CreateSession(session_id=sid, restore=True,
+                            agent=AgentRef(name=rig.agent, digest=paused["agent_digest"]))
+    for runner in (home, away):
+        reply = await rig.command(runner, restore)
+        assert isinstance(reply, Accepted) and reply.runner_id == runner, reply
+        assert not reply.warm and reply.warning is None
+        assert reply.claude_session_id == paused["claude_session_id"] is not None  # resumed
+        assert_phases(reply.phases, {"bundle", "snapshot_fetch", "slot", "untar", "network",
+                                     "sandbox_prepare", "cli_spawn", "snapshot_claim",
+                                     "publisher"})
+        assert isinstance(await rig.command(runner, EndSession(session_id=sid)), Accepted)
+    await rig.call("DELETE", f"/api/sessions/{sid}")
 
 
 async def start_victim(rig: Rig, name: str, **env: str) -> Proc:

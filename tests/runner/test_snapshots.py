@@ -3,6 +3,9 @@ real nats-server's object store (with the guard against a superseded writer)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
 import os
 import stat
 import tarfile
@@ -14,9 +17,11 @@ import nats
 import pytest
 
 from ash.embedded_nats import NatsServer, start_nats
+from protocol import subjects
 from protocol.errors import ErrorCode
 from protocol.jetstream import ensure_layout
 from protocol.snapshots import SnapshotManifest
+from runner import objects
 from runner.snapshots import (
     Restore,
     SnapshotError,
@@ -230,7 +235,8 @@ async def store(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Snapsh
     nc = await nats.connect(nats_server.url)
     try:
         layout = await ensure_layout(nc.jetstream())
-        yield SnapshotStore(layout.snapshots, "r1", str(tmp_path / "tmp"), max_bytes=10 * MB)
+        yield SnapshotStore(layout.snapshots, "r1", str(tmp_path / "tmp"), max_bytes=10 * MB,
+                            js=nc.jetstream())
     finally:
         await nc.close()
 
@@ -298,3 +304,42 @@ async def test_a_sandbox_whose_snapshot_was_taken_over_cannot_replace_it(
     await store.forget(sid)
     assert await store.latest(sid) is None
     await store.forget(sid)  # twice is fine
+
+
+async def test_chunks_are_read_by_direct_gets_and_a_claim_writes_the_info_in_hand(
+    store: SnapshotStore, nats_server: NatsServer, tmp_path: Path,
+) -> None:
+    sid = "s-" + os.urandom(4).hex()
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    make_disk(disk)
+    (disk / "workspace" / "large.bin").write_bytes(os.urandom(MB))  # several chunks
+    taken = await store.take(sid, str(disk / "workspace"), claude_session_id=CLAUDE_ID,
+                             writer="old", expect_writer=None, reason="pause")
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        layout = await ensure_layout(js)
+        info = await layout.snapshots.get_info(sid)
+        assert (info.chunks or 0) > 1
+        out = io.BytesIO()
+        assert await objects.read_chunks(js, subjects.SNAPSHOTS_BUCKET, info, out)
+        assert hashlib.sha256(out.getvalue()).hexdigest() == taken.sha256
+        # An object whose chunks are not there (its nuid is another's) is not read this way.
+        gone = dataclasses.replace(info, nuid="nosuchnuid")
+        assert not await objects.read_chunks(js, subjects.SNAPSHOTS_BUCKET, gone, io.BytesIO())
+    finally:
+        await nc.close()
+    fetched = await store.fetch(sid)
+    assert fetched.info is not None and fetched.manifest == taken
+    fetched.discard()
+    claimed = await store.claim(taken, "new", fetched.info)
+    assert await store.latest(sid) == claimed and claimed.writer == "new"
+    with pytest.raises(SnapshotSuperseded):  # the sandbox it came from can no longer write
+        await store.take(sid, str(disk / "workspace"), claude_session_id=CLAUDE_ID,
+                         writer="old", expect_writer="old", reason="turn")
+    again = await store.fetch(sid)  # data unchanged by the claim
+    assert again.path is not None
+    with open(again.path, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == taken.sha256
+    again.discard()
