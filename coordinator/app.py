@@ -45,12 +45,14 @@ VERSION = "0.1.0"
 
 def build_app(svc: Services, metrics: CoordinatorMetrics | None = None) -> web.Application:
     """The aiohttp application for a set of services (tests build it the same way)."""
+    keys = auth.CachedKeys(svc.store)
     app = web.Application(
         middlewares=[observe_middleware, error_middleware,
-                     auth.middleware(svc.store, required=svc.config.auth == "required")],
+                     auth.middleware(keys, required=svc.config.auth == "required")],
         client_max_size=svc.config.max_bundle_mb * 1024 * 1024,
     )
     app[SERVICES] = svc
+    app[auth.KEY_CACHE] = keys
     app[METRICS] = metrics if metrics is not None else CoordinatorMetrics()
     add_routes(app)
     return app

@@ -25,10 +25,12 @@ With `ASH_AUTH=off` (development only) every request is the `default` tenant wit
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -163,8 +165,47 @@ class KeyStore(Protocol):
     async def get_key(self, key_id: str) -> KeyRow | None: ...
 
 
+KEY_CACHE_S = 2.0  # how long a key's row is used without reading it again
+
+
+class CachedKeys:
+    """The keys a request presents, read from the store at most once per KEY_CACHE_S each.
+
+    Every authenticated request needs its key's row; reading it each time is a store trip on
+    the path of every call. A revoke through this coordinator takes effect at once (`forget`);
+    through another coordinator, here within KEY_CACHE_S. Unknown keys are not remembered
+    (each try reads the store), and at most `max_keys` rows are kept.
+    """
+
+    def __init__(self, keys: KeyStore, ttl_s: float = KEY_CACHE_S, *, max_keys: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._keys = keys
+        self._ttl_s = ttl_s
+        self._max = max_keys
+        self._clock = clock
+        self._rows: collections.OrderedDict[str, tuple[float, KeyRow]] = collections.OrderedDict()
+
+    async def get_key(self, key_id: str) -> KeyRow | None:
+        now = self._clock()
+        cached = self._rows.get(key_id)
+        if cached is not None and now - cached[0] < self._ttl_s:
+            return cached[1]
+        row = await self._keys.get_key(key_id)
+        self._rows.pop(key_id, None)
+        if row is not None:
+            self._rows[key_id] = (now, row)
+            while len(self._rows) > self._max:
+                self._rows.popitem(last=False)
+        return row
+
+    def forget(self, key_id: str) -> None:
+        """Read the key from the store next time (it was revoked)."""
+        self._rows.pop(key_id, None)
+
+
 # (method, canonical path) -> the scope the route needs (PUBLIC: none); set by add_routes.
 ROUTE_SCOPES = web.AppKey("route_scopes", dict)
+KEY_CACHE = web.AppKey("key_cache", CachedKeys)
 
 
 def middleware(keys: KeyStore, required: bool) -> Middleware:

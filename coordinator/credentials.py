@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import collections
 import logging
 import os
 import secrets
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from coordinator import bundles
 from coordinator.errors import ApiError
+from coordinator.memo import Memo
 from coordinator.store.base import CredentialRow, Store
 from protocol.api import CredentialView
 from protocol.commands import ModelCredential
@@ -149,8 +149,7 @@ class Vault:
         self.store = store
         self.sealer = sealer
         self.bundle_store = bundle_store
-        self._agent_credentials: collections.OrderedDict[str, str | None] = (
-            collections.OrderedDict())
+        self._agent_credentials: Memo[str, str | None] = Memo(AGENT_CACHE)
 
     def _require(self) -> Sealer:
         if self.sealer is None:
@@ -195,22 +194,18 @@ class Vault:
 
     async def agent_credential(self, digest: str) -> str | None:
         """The credential an agent's `ash.toml` names (`[credentials] model`), cached by digest."""
-        if digest in self._agent_credentials:
-            self._agent_credentials.move_to_end(digest)
-            return self._agent_credentials[digest]
-        name = None
-        if self.bundle_store is not None:
+        async def load() -> tuple[str | None, bool]:
+            if self.bundle_store is None:
+                return None, True
             try:
                 result = await self.bundle_store.get(digest)
                 config = await asyncio.to_thread(bundles.agent_config, result.data or b"")
-                name = getattr(getattr(config, "credentials", None), "model", None)
             except Exception as e:  # placement reads it too, and the runner says what is wrong
                 logger.warning("agent bundle %s: cannot read its ash.toml (%s)", digest[:12], e)
-                return None
-        self._agent_credentials[digest] = name
-        while len(self._agent_credentials) > AGENT_CACHE:
-            self._agent_credentials.popitem(last=False)
-        return name
+                return None, False
+            return getattr(getattr(config, "credentials", None), "model", None), True
+
+        return await self._agent_credentials.get(digest, load)
 
     async def for_session(
         self, tenant: str, options: dict[str, Any]

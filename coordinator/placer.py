@@ -13,7 +13,6 @@ with each runner's reason; a refusal that is not retryable is passed on as it ca
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import random
@@ -24,6 +23,7 @@ from typing import Protocol
 from coordinator import bundles
 from coordinator.directory import RunnerDirectory
 from coordinator.errors import ApiError, reply_status
+from coordinator.memo import Memo
 from coordinator.placement import Demand, InFlight, Policy, RandomSource, choose, explain, unreflected
 from protocol.commands import Accepted, Command, CommandReply, CreateSession, Rejected, SessionOptions
 from protocol.errors import ErrorCode
@@ -67,7 +67,7 @@ class Placer:
         self._rng = rng if rng is not None else random.Random()
         self._clock = clock
         self._in_flight: dict[str, InFlight] = {}
-        self._demands: collections.OrderedDict[str, Demand] = collections.OrderedDict()
+        self._demands: Memo[tuple[str, str], Demand] = Memo(DEMAND_CACHE)
 
     async def place(self, command: CreateSession, exclude: frozenset[str] = frozenset()) -> Accepted:
         """Create the session on the best runner that accepts it.
@@ -139,21 +139,16 @@ class Placer:
         return base if warm_ok else dataclasses.replace(base, warm_ok=False)
 
     async def _agent_demand(self, name: str, digest: str) -> Demand:
-        key = f"{name}\0{digest}"
-        cached = self._demands.get(key)
-        if cached is not None:
-            self._demands.move_to_end(key)
-            return cached
-        try:
-            result = await self._bundles.get(digest)
-            config = await asyncio.to_thread(bundles.agent_config, result.data or b"")
-        except Exception as e:  # the runner fetches it too, and says what is wrong
-            logger.warning("agent %s: cannot read its ash.toml for placement (%s); placing it "
-                           "with the runners' defaults", name, e)
-            return Demand(agent=name)
-        demand = Demand(agent=name, memory_mb=config.limits.memory_mb,
-                        cpu_percent=config.limits.cpu_percent, labels=config.placement.labels)
-        self._demands[key] = demand
-        while len(self._demands) > DEMAND_CACHE:
-            self._demands.popitem(last=False)
-        return demand
+        async def load() -> tuple[Demand, bool]:
+            try:
+                result = await self._bundles.get(digest)
+                config = await asyncio.to_thread(bundles.agent_config, result.data or b"")
+            except Exception as e:  # the runner fetches it too, and says what is wrong
+                logger.warning("agent %s: cannot read its ash.toml for placement (%s); placing "
+                               "it with the runners' defaults", name, e)
+                return Demand(agent=name), False
+            return Demand(agent=name, memory_mb=config.limits.memory_mb,
+                          cpu_percent=config.limits.cpu_percent,
+                          labels=config.placement.labels), True
+
+        return await self._demands.get((name, digest), load)

@@ -63,4 +63,6 @@ async def revoke_key(request: web.Request) -> web.Response:
     row = await services(request).store.revoke_key(key_id, time.time(), tenant=scope)
     if row is None:
         raise not_found("key", key_id)
+    if (cache := request.app.get(auth.KEY_CACHE)) is not None:
+        cache.forget(key_id)  # at once here; other coordinators within auth.KEY_CACHE_S
     return json_response(key_view(row))
