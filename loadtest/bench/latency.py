@@ -7,9 +7,12 @@ the timed span.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from loadtest.bench import direct, floors
 from loadtest.bench.context import Ctx, log
-from loadtest.bench.probe import BenchError, accepted, command, new_id, now_ms
+from loadtest.bench.probe import BenchError, accepted, command, cpu_seconds, new_id, now_ms
 from loadtest.bench.report import (
     ASH_COLD,
     ASH_CREATE,
@@ -148,6 +151,8 @@ async def run_resume(ctx: Ctx) -> None:
     if len(ctx.runners) < 2:
         raise BenchError("cold resume on another runner needs two runners")
     same, other, via_http = [], [], []
+    same_phases: list[dict[str, float]] = []  # each sample's Accepted.phases, as the runner timed
+    other_phases: list[dict[str, float]] = []
     for _ in range(n):
         view = await ctx.http.create(HOT)
         sid, home = view["id"], view["runner_id"]
@@ -155,11 +160,12 @@ async def run_resume(ctx: Ctx) -> None:
         await ctx.http.turn(sid, "Remember the word pelican")
         await ctx.http.pause(sid)  # snapshot taken: workspace, HOME (the transcript)
         await command(ctx.nc, home, EndSession(session_id=sid))  # the sandbox is gone
-        for target, out in ((home, same), (away, other)):
+        for target, out, out_phases in ((home, same, same_phases), (away, other, other_phases)):
             t0 = now_ms()
-            accepted(await command(ctx.nc, target, CreateSession(
+            reply = accepted(await command(ctx.nc, target, CreateSession(
                 session_id=sid, agent=ref(ctx, HOT), restore=True)), "cold resume")
             out.append(now_ms() - t0)
+            out_phases.append(phases_of(reply.phases))
             await command(ctx.nc, target, EndSession(session_id=sid))
         t0 = now_ms()
         how = await ctx.http.resume(sid)
@@ -167,7 +173,6 @@ async def run_resume(ctx: Ctx) -> None:
         if how != "cold":
             raise BenchError(f"expected a cold resume, got {how!r}")
         await ctx.http.end(sid)
-    spawn = ctx.floors.get("cli_spawn", float("nan"))
     note = ("CreateSession(restore) published -> Accepted, straight to the runner, after an "
             "untimed HTTP pause (snapshot) and EndSession there: snapshot fetch from the object "
             "store, untar into a pooled disk, sandbox prepare, CLI spawn + SDK initialize with "
@@ -179,11 +184,55 @@ async def run_resume(ctx: Ctx) -> None:
     ctx.add(Row("resume", "cold, another runner (HTTP)", "POST /resume -> 200 (Ash-Resumed: "
                 "cold): warm attempt refused by the old runner, placement elsewhere, the same "
                 "restore, store updates", via_http, ash=ASH_COLD), "http", "nats", "cli_spawn")
-    for label, samples in (("same runner", same), ("another runner", other)):
-        ctx.add(Row("resume", f"cold, {label}, without the CLI spawn", "the row above minus the "
-                    "p50 of `CLI spawn (stand-in, in a sandbox)` measured in this run (derived: "
-                    "the runner does not report its phases)", [s - spawn for s in samples],
+    runs = (("same runner", same, same_phases), ("another runner", other, other_phases))
+    for label, samples, phases in runs:
+        ctx.add(Row("resume", f"cold, {label}, without the CLI spawn", f"per sample: the "
+                    f"`cold, {label} (NATS)` time (CreateSession(restore) published -> Accepted "
+                    "received) minus the `cli_spawn` phase the runner reported in that same "
+                    "Accepted (bwrap + stand-in start + SDK initialize with --resume, timed "
+                    "with perf_counter in Runner._start); what is left: snapshot fetch, untar, "
+                    "sandbox prepare, snapshot claim, publisher, the NATS round trip and the "
+                    "command's handling", [s - p["cli_spawn"] for s, p in zip(samples, phases)],
                     ash=ASH_COLD, goal="p50 <= 25"), "nats")
+    for label, _, phases in runs:
+        every = breakdown(phases, PHASES, gaps=True)
+        ctx.add(Row("resume", f"cold, {label}: the runner's phases", "the `total` the runner "
+                    "reported in each cold resume's Accepted (CreateSession reaching its session "
+                    "manager -> the session registered, no NATS), with the p50 of each phase "
+                    f"(ms, in the order they run): {every}; the value gives the main ones "
+                    "(fetch = snapshot_fetch, prepare = sandbox_prepare, spawn = cli_spawn, "
+                    "claim = snapshot_claim)",
+                    [p["total"] for p in phases], value=breakdown(phases, MAIN_PHASES)))
+
+
+# What a cold resume's Accepted.phases holds (runner/phases.py), in the order the runner runs them;
+# the main ones with the short names the table shows.
+PHASES = {name: name for name in ("bundle", "snapshot_fetch", "slot", "untar", "network",
+                                  "sandbox_prepare", "cli_spawn", "snapshot_claim", "publisher")}
+MAIN_PHASES = {"snapshot_fetch": "fetch", "untar": "untar", "sandbox_prepare": "prepare",
+               "cli_spawn": "spawn", "snapshot_claim": "claim"}
+
+
+def phases_of(phases: dict[str, float] | None) -> dict[str, float]:
+    """A cold resume's phases as its runner reported them; the benchmark needs its CLI spawn."""
+    if not phases or "cli_spawn" not in phases or "total" not in phases:
+        raise BenchError(f"the runner's Accepted has no cli_spawn and total phases: {phases}")
+    return phases
+
+
+def breakdown(samples: list[dict[str, float]], names: dict[str, str], gaps: bool = False) -> str:
+    """`label p50, ...` for the phases in `names` that any sample has; with `gaps`, also what
+    no phase accounts for (total minus the sum of every phase, per sample)."""
+    parts = [f"{label} {_ms(pct([p.get(name, 0.0) for p in samples], 50))}"
+             for name, label in names.items() if any(name in p for p in samples)]
+    if gaps:
+        rest = [p["total"] - sum(v for k, v in p.items() if k != "total") for p in samples]
+        parts.append(f"between phases {_ms(pct(rest, 50))}")
+    return ", ".join(parts)
+
+
+def _ms(x: float) -> str:
+    return f"{x:.0f}" if x >= 10 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
 
 
 async def run_message(ctx: Ctx) -> None:
@@ -192,12 +241,18 @@ async def run_message(ctx: Ctx) -> None:
     view = await ctx.http.create(HOT)
     sid = view["id"]
     e2e, sdk, diff, first, first_text, events, tail = [], [], [], [], [], [], []
+    pids = _platform_pids(ctx)
     async with direct.DirectStandin(ctx.tmp) as d:
         for _ in range(5):  # warm-up, both paths
             await ctx.http.turn(sid)
             await d.turn()
+        idle = await _idle_cpu(pids)
+        cpu0, t0 = {k: cpu_seconds(pid) for k, pid in pids.items()}, time.monotonic()
+        busy = 0.0  # seconds spent in the platform's turns (not the direct SDK ones)
         for _ in range(n):
+            started = time.monotonic()
             t = await ctx.http.turn(sid)
+            busy += time.monotonic() - started
             s, _drafts = await d.turn()
             e2e.append(t.done)
             sdk.append(s)
@@ -206,9 +261,18 @@ async def run_message(ctx: Ctx) -> None:
             first_text.append(t.first_text)
             events.append(t.events)
             tail.append(t.done - t.before_done)
+        wall = time.monotonic() - t0
+        per_turn = {k: max(0.0, (cpu_seconds(pid) - cpu0[k]) - idle[k] * wall) / n * 1000
+                    for k, pid in pids.items()}
     await ctx.http.end(sid)
+    ctx.add(Row("per message", "CPU per turn, by process", "each process's utime+stime over the "
+                "turns (platform turns and the interleaved direct SDK turns, which run in the "
+                "benchmark process, not these), minus its idle rate measured just before, / turns; "
+                "runners: their own processes, not the sandboxes'",
+                [], value=", ".join(f"{k} {v:.2f} ms" for k, v in per_turn.items())
+                + f" ({busy / n * 1000:.1f} ms of wall per turn)"))
     ctx.add(Row("per message", "turn end to end (HTTP)", "POST /messages sent -> `done` SSE "
-                "event read: coordinator subscribes to the log, NATS SendTurn, runner -> SDK -> "
+                "event read: coordinator subscribes to the session's subject, NATS SendTurn, runner -> SDK -> "
                 "stand-in CLI in its sandbox, each event published to JetStream, relayed as SSE; "
                 "`done` only after the history is recorded", e2e,
                 value=f"{pct(events, 50):.0f} events"), "http", "nats")
@@ -220,7 +284,7 @@ async def run_message(ctx: Ctx) -> None:
                 goal="p50 <= 0.41"), "http", "nats")
     ctx.add(Row("per message", "last event -> done (history wait)", "from the event before "
                 "`done` to `done`, both read by the client: the coordinator holds `done` until the "
-                "turn's history is recorded (JetStream consumer_info + the recorder's wake-up)",
+                "turn's history is recorded (this coordinator's recorder wakes it; the shared ack floor only with several coordinators)",
                 tail))
     ctx.add(Row("per message", "time to first event", "POST /messages sent -> first SSE event "
                 "(user_message) read", first), "http", "nats")
@@ -245,3 +309,21 @@ async def run_tti(ctx: Ctx) -> None:
         ctx.add(Row("time to interactive", f"create + first exec, {label}", "POST /api/sessions "
                     "sent -> 201, then POST /exec [\"true\"] -> `exec_exit` with exit code 0 read",
                     out, peers=TTI_PEERS), "http", "nats", "http", "nats")
+
+
+def _platform_pids(ctx: Ctx) -> dict[str, int]:
+    """The coordinator, the runners (together) and nats-server: name -> pid."""
+    pids = {"coordinator": ctx.stack.procs["coordinator"].popen.pid}
+    for rid in ctx.runners:
+        pids[rid] = ctx.stack.procs[rid].popen.pid
+    nats_pid = ctx.stack.nats_pid
+    if nats_pid:
+        pids["nats-server"] = nats_pid
+    return pids
+
+
+async def _idle_cpu(pids: dict[str, int], seconds: float = 1.0) -> dict[str, float]:
+    """Each process's CPU seconds per second while nothing is asked of it (adverts, sweeps)."""
+    before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+    await asyncio.sleep(seconds)  # the span the idle rate is measured over
+    return {k: (cpu_seconds(pid) - before[k]) / seconds for k, pid in pids.items()}

@@ -84,6 +84,10 @@ class Stack:
     _nats: object = None
     _runners: int = 0
 
+    @property
+    def nats_pid(self) -> int | None:
+        return getattr(self._nats, "pid", None)
+
     def start(self, runners: dict[str, dict[str, str]], coordinator_env: dict[str, str]) -> None:
         """Start NATS, the coordinator and `runners` (name -> extra env)."""
         self._nats = start_nats(self.tmp / "nats", log_path=self.tmp / "nats.log")
