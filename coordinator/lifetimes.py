@@ -161,7 +161,7 @@ def idle_sessions(
         if runner is None or runner.draining or runner.sessions is None:
             continue
         seen = runner.sessions.get(s.id)
-        if seen is None or seen.busy or seen.frozen:
+        if seen is None or seen.busy or seen.frozen or seen.ending:
             continue
         idle = now - last_activity(s, runner, now)
         if idle >= idle_pause_s:
@@ -200,12 +200,12 @@ def orphan_sandboxes(
 
     `known` maps every advertised session id to its row (None: no such session). A sandbox
     younger than `settle_s` is left alone: the coordinator that created it may not have
-    recorded it as that runner's yet.
+    recorded it as that runner's yet; one already `ending` is being destroyed.
     """
     out: list[EndSandbox] = []
     for runner in live.values():
         for session_id, seen in (runner.sessions or {}).items():
-            if seen.age_s < settle_s:
+            if seen.age_s < settle_s or seen.ending:
                 continue
             row = known.get(session_id)
             if row is None:

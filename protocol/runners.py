@@ -32,6 +32,7 @@ class SessionActivity(msgspec.Struct, kw_only=True, frozen=True):
     idle_s: float = 0.0  # since the last command about the session (turn, exec, files, ...)
     busy: bool = False  # a turn or an exec runs now: activity, whatever `idle_s` says
     frozen: bool = False  # paused warm: the sandbox is held by the cgroup freezer
+    ending: bool = False  # the session left this runner (ended, evicted): its sandbox is going
 
 
 class Resources(msgspec.Struct, kw_only=True, frozen=True):

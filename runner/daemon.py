@@ -212,6 +212,7 @@ class Runner:
                 busy=(s.turn is not None and not s.turn.done())
                 or (execs is not None and execs.running(s.id) > 0),
                 frozen=s.frozen,
+                ending=s.ending,
             )
             for s in self.sessions.held()
         }
@@ -289,6 +290,7 @@ class Runner:
             phases.add("claim", (time.perf_counter() - asked) * 1000)
         restored = None
         link = os.path.join(self.sessions_dir, cmd.session_id)
+        target = os.path.relpath(lease.slot.disk.path, self.sessions_dir)
         try:
             if cmd.credential is not None:
                 self._use_credential(lease.ready, cmd.credential)
@@ -297,7 +299,7 @@ class Runner:
                     restored = await self._claim_snapshot(restore.manifest, restore.info)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(link)
-            os.symlink(os.path.relpath(lease.slot.disk.path, self.sessions_dir), link)
+            os.symlink(target, link)
         except BaseException:
             await asyncio.shield(self.pool.release(lease))
             raise
@@ -306,8 +308,9 @@ class Runner:
                     lease.slot.id)
 
         async def release() -> None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(link)
+            with contextlib.suppress(OSError):  # unless the session is here again, on a new slot
+                if os.readlink(link) == target:
+                    os.unlink(link)
             await self.pool.release(lease)
 
         ready = lease.ready

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -133,6 +133,7 @@ class Session:
     writer: str = field(default_factory=lambda: secrets.token_hex(8))  # this sandbox life's id
     snapshot_owner: str | None = None  # the writer of the session's snapshot as last seen here
     phases: dict[str, float] | None = None  # ms by phase of its create (runner.phases)
+    ending: bool = False  # ended or evicted here, its sandbox being destroyed
 
 
 class SessionManager:
@@ -166,10 +167,11 @@ class SessionManager:
         self._make_publisher = make_publisher
         self._sessions: dict[str, Session] = {}
         self._creating: set[str] = set()
+        self._ending: dict[int, Session] = {}  # by id(): a resumed session may be ending twice
         self._turns: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
-        return len(self._sessions) + len(self._creating)
+        return len(self._sessions) + len(self._creating) + len(self._ending)
 
     async def create(self, cmd: CreateSession) -> Session:
         """Claim a sandbox with a connected CLI and register the session; its `phases` say how
@@ -225,8 +227,10 @@ class SessionManager:
         session.active_at = self._clock()
 
     def held(self) -> list[Session]:
-        """Every session with a sandbox here (for the advert)."""
-        return list(self._sessions.values())
+        """Every session with a sandbox here (for the advert), those whose sandbox is being
+        destroyed included (`ending`, listed first: a session created here again while its old
+        sandbox goes is listed after it, so that by id the live one wins)."""
+        return [*self._ending.values(), *self._sessions.values()]
 
     def running_turns(self) -> dict[str, asyncio.Task[None]]:
         """The running turns, by session id (what a drain waits for)."""
@@ -277,7 +281,8 @@ class SessionManager:
         session = self._sessions.pop(session_id, None)
         if session is None:
             raise SessionError(ErrorCode.not_found, f"session {session_id} is not on runner {self.runner_id}")
-        await self._destroy(session, "session ended")
+        async with self._ended(session):
+            await self._destroy(session, "session ended")
 
     # -- pause, resume, snapshots -----------------------------------------------------------
 
@@ -340,9 +345,10 @@ class SessionManager:
         its turn, snapshot it if anything changed, then release the sandbox."""
         session = self.get(session_id)
         del self._sessions[session_id]
-        await self._stop_turn(session, reason)
-        result = (await self._save_many([session], "evict", SHUTDOWN_SNAPSHOT_S))[session_id]
-        await self._destroy(session, reason)
+        async with self._ended(session):
+            await self._stop_turn(session, reason)
+            result = (await self._save_many([session], "evict", SHUTDOWN_SNAPSHOT_S))[session_id]
+            await self._destroy(session, reason)
         if isinstance(result, BaseException):
             raise SessionError(ErrorCode.sandbox_failed, f"evicted without a snapshot: {result}",
                                retryable=True)
@@ -417,6 +423,17 @@ class SessionManager:
             await self._save_many(sessions, "evict", snapshot_timeout_s)
         for s in sessions:
             await self._destroy(s, "runner shutting down")
+
+    @contextlib.asynccontextmanager
+    async def _ended(self, session: Session) -> AsyncIterator[None]:
+        """While the body destroys the sandbox of a session no longer here, it is still held:
+        counted and advertised (as `ending`) until its sandbox is gone."""
+        session.ending = True
+        self._ending[id(session)] = session
+        try:
+            yield
+        finally:
+            del self._ending[id(session)]
 
     async def _stop_turn(self, session: Session, reason: str) -> None:
         if session.turn is not None and not session.turn.done():

@@ -44,8 +44,9 @@ def runner(id: str = "r1", heard: float = NOW, draining: bool = False,
     return LiveRunner(runner_id=id, heard_at=heard, sessions=sessions, draining=draining)
 
 
-def held(age: float = 100, idle: float = 0, busy: bool = False, frozen: bool = False) -> SessionActivity:
-    return SessionActivity(age_s=age, idle_s=idle, busy=busy, frozen=frozen)
+def held(age: float = 100, idle: float = 0, busy: bool = False, frozen: bool = False,
+         ending: bool = False) -> SessionActivity:
+    return SessionActivity(age_s=age, idle_s=idle, busy=busy, frozen=frozen, ending=ending)
 
 
 # -- runner death and restart -> paused --------------------------------------------------------
@@ -99,6 +100,8 @@ IDLE_CASES: list[tuple[str, SessionView, dict[str, LiveRunner], bool]] = [
     ("the store saw activity recently (a turn recorded)", row(updated=NOW - 10),
      {"r1": runner(s1=held(idle=600))}, False),
     ("already frozen", row(updated=NOW - 600), {"r1": runner(s1=held(idle=600, frozen=True))}, False),
+    ("its old sandbox being destroyed", row(updated=NOW - 600),
+     {"r1": runner(s1=held(idle=600, ending=True))}, False),
     ("paused in the store", row(status="paused", updated=NOW - 600),
      {"r1": runner(s1=held(idle=600))}, False),
     ("runner draining: it pauses its sessions by leaving", row(updated=NOW - 600),
@@ -188,6 +191,7 @@ ORPHAN_CASES: list[tuple[str, SessionActivity, SessionView | None, str | None]] 
     ("starting elsewhere, sandbox old", held(), row(status="starting", runner=None), "elsewhere"),
     ("active here", held(), row(), None),
     ("warm-paused here", held(frozen=True), row(status="paused"), None),
+    ("ended, its sandbox being destroyed", held(ending=True), row(status="ended"), None),
     ("being created: too young to judge", held(age=SETTLE - 0.1), row(status="starting", runner=None), None),
     ("unknown but too young to judge", held(age=1), None, None),
 ]
