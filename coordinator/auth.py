@@ -38,6 +38,7 @@ from typing import Protocol
 from aiohttp import web
 
 from coordinator.errors import ApiError
+from coordinator.memo import remember
 from coordinator.store.base import DEFAULT_TENANT, KeyRow
 from protocol.errors import ErrorCode
 
@@ -191,11 +192,10 @@ class CachedKeys:
         if cached is not None and now - cached[0] < self._ttl_s:
             return cached[1]
         row = await self._keys.get_key(key_id)
-        self._rows.pop(key_id, None)
-        if row is not None:
-            self._rows[key_id] = (now, row)
-            while len(self._rows) > self._max:
-                self._rows.popitem(last=False)
+        if row is None:
+            self._rows.pop(key_id, None)
+        else:
+            remember(self._rows, key_id, (now, row), self._max)
         return row
 
     def forget(self, key_id: str) -> None:

@@ -18,6 +18,15 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+def remember(kept: collections.OrderedDict[K, V], key: K, value: V, limit: int) -> None:
+    """Keep `value` as the newest entry of a least-recently-used map; let the oldest go
+    beyond `limit`."""
+    kept.pop(key, None)
+    kept[key] = value
+    while len(kept) > limit:
+        kept.popitem(last=False)
+
+
 class Memo(Generic[K, V]):
     """`get(key, load)`: the kept value, else the result of one `load()` shared by every
     caller asking meanwhile. `load` returns (value, keep): a value not to keep (a fallback
@@ -50,7 +59,4 @@ class Memo(Generic[K, V]):
             return
         value, keep = task.result()
         if keep:
-            self._kept[key] = value
-            self._kept.move_to_end(key)
-            while len(self._kept) > self._size:
-                self._kept.popitem(last=False)
+            remember(self._kept, key, value, self._size)

@@ -27,6 +27,7 @@ from typing import Any
 
 from nats.js import JetStreamContext, api
 
+from coordinator.memo import remember
 from coordinator.store.base import MessageRow, SessionNotFoundError, Store
 from coordinator.usage import usage_row
 from protocol import codec, events, logs, subjects
@@ -188,7 +189,7 @@ class Recorder:
                 self._conversations.get(ev.session_id) != cid
             ):
                 await self._store.update_session(ev.session_id, now, claude_session_id=cid)
-                _remember(self._conversations, ev.session_id, cid, self._max_tracked)
+                remember(self._conversations, ev.session_id, cid, self._max_tracked)
             case events.McpStatus(servers=servers):
                 # Events come in seq order per session, so the last one recorded is the latest.
                 await self._store.set_mcp_servers(ev.session_id, codec.to_builtins(servers), now)
@@ -197,7 +198,7 @@ class Recorder:
             case _:
                 pass
         top = max(self._recorded.get(ev.session_id, 0), ev.seq)
-        _remember(self._recorded, ev.session_id, top, self._max_tracked)
+        remember(self._recorded, ev.session_id, top, self._max_tracked)
         for want, fut in self._waiters.get(ev.session_id, ()):
             if want <= top and not fut.done():
                 fut.set_result(None)
@@ -211,7 +212,7 @@ class Recorder:
             if view is None or tenant is None:
                 raise SessionNotFoundError(f"no session {done.session_id!r}")
             owner = (tenant, view.agent)
-        _remember(self._owners, done.session_id, owner, self._max_tracked)
+        remember(self._owners, done.session_id, owner, self._max_tracked)
         await self._store.record_usage(usage_row(done, tenant=owner[0], agent=owner[1], now=now))
 
     async def wait_recorded(self, session_id: str, seq: int, timeout_s: float) -> bool:
@@ -236,10 +237,3 @@ class Recorder:
             if not waiters and self._waiters.get(session_id) is waiters:
                 del self._waiters[session_id]
 
-
-def _remember(cache: collections.OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
-    """Set `key` as the newest entry; forget the oldest beyond `limit`."""
-    cache.pop(key, None)
-    cache[key] = value
-    while len(cache) > limit:
-        cache.popitem(last=False)

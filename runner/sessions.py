@@ -278,10 +278,7 @@ class SessionManager:
 
     async def end(self, session_id: str) -> None:
         """Stop any turn, disconnect the CLI and destroy the sandbox."""
-        session = self._sessions.pop(session_id, None)
-        if session is None:
-            raise SessionError(ErrorCode.not_found, f"session {session_id} is not on runner {self.runner_id}")
-        async with self._ended(session):
+        async with self._leaving(self.get(session_id)) as session:
             await self._destroy(session, "session ended")
 
     # -- pause, resume, snapshots -----------------------------------------------------------
@@ -343,9 +340,7 @@ class SessionManager:
     async def evict(self, session_id: str, reason: str = "evicted") -> SnapshotManifest | None:
         """Destroy the session's sandbox while the session lives on (it resumes cold): stop
         its turn, snapshot it if anything changed, then release the sandbox."""
-        session = self.get(session_id)
-        del self._sessions[session_id]
-        async with self._ended(session):
+        async with self._leaving(self.get(session_id)) as session:
             await self._stop_turn(session, reason)
             result = (await self._save_many([session], "evict", SHUTDOWN_SNAPSHOT_S))[session_id]
             await self._destroy(session, reason)
@@ -425,13 +420,14 @@ class SessionManager:
             await self._destroy(s, "runner shutting down")
 
     @contextlib.asynccontextmanager
-    async def _ended(self, session: Session) -> AsyncIterator[None]:
-        """While the body destroys the sandbox of a session no longer here, it is still held:
-        counted and advertised (as `ending`) until its sandbox is gone."""
+    async def _leaving(self, session: Session) -> AsyncIterator[Session]:
+        """The session is no longer here (commands no longer find it), but while the body
+        destroys its sandbox it is still held: counted and advertised (as `ending`)."""
+        del self._sessions[session.id]
         session.ending = True
         self._ending[id(session)] = session
         try:
-            yield
+            yield session
         finally:
             del self._ending[id(session)]
 

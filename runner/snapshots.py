@@ -323,11 +323,12 @@ class SnapshotStore:
         object's info as fetched with `manifest` (saves reading it again)."""
         claimed = msgspec.structs.replace(manifest, writer=writer, runner_id=self._runner_id,
                                           reason="claim")
+        meta = self._meta(claimed)
         if self._js is not None and info is not None and info.name == manifest.session_id:
-            info = dataclasses.replace(info, description=codec.encode(claimed).decode())
+            info = dataclasses.replace(info, description=meta.description)
             await objects.put_info(self._js, self._bucket, info)
         else:
-            await self._store.update_meta(manifest.session_id, self._meta(claimed))
+            await self._store.update_meta(manifest.session_id, meta)
         return claimed
 
     async def forget(self, session_id: str) -> None:

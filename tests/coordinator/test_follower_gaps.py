@@ -5,8 +5,9 @@ about to start) that misses events reads them from the log and goes on from ther
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -27,6 +28,17 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Any]:
+    """A connection to the server, its event stream and buckets in place."""
+    conn = await nats.connect(nats_url)
+    await ensure_layout(conn.jetstream())
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def publish(js: object, session_id: str, seqs: list[int]) -> None:
     for seq in seqs:
         ev = events.TextDelta(session_id=session_id, turn_id="t", seq=seq, delta=str(seq))
@@ -42,10 +54,8 @@ async def read(follower: Follower, n: int, timeout: float = 5.0) -> list[int]:
     return got
 
 
-async def test_a_republished_event_is_put_back_in_order(nats_url: str) -> None:
-    nc = await nats.connect(nats_url)
+async def test_a_republished_event_is_put_back_in_order(nc: Any) -> None:
     js = nc.jetstream()
-    await ensure_layout(js)
     await publish(js, "gap1", [1, 2])
     start = await EventLog(js, "gap1").locate(0)
     async with Follower(js, "gap1", start) as follower:
@@ -57,13 +67,10 @@ async def test_a_republished_event_is_put_back_in_order(nats_url: str) -> None:
     # A replay from the start reads the log in the same order.
     async with Follower(js, "gap1", await EventLog(js, "gap1").locate(0)) as follower:
         assert await read(follower, 8) == list(range(1, 9))
-    await nc.close()
 
 
-async def test_a_gap_never_filled_is_given_up_after_the_wait(nats_url: str) -> None:
-    nc = await nats.connect(nats_url)
+async def test_a_gap_never_filled_is_given_up_after_the_wait(nc: Any) -> None:
     js = nc.jetstream()
-    await ensure_layout(js)
     await publish(js, "gap2", [1])
     start = await EventLog(js, "gap2").locate(0)
     async with Follower(js, "gap2", start, gap_wait_s=0.3) as follower:
@@ -72,13 +79,10 @@ async def test_a_gap_never_filled_is_given_up_after_the_wait(nats_url: str) -> N
         assert await read(follower, 2) == [3, 4]
         await publish(js, "gap2", [2, 5])  # too late for this stream: not passed on
         assert await read(follower, 1) == [5]
-    await nc.close()
 
 
-async def test_a_live_follower_reads_the_turn_from_its_subscription(nats_url: str) -> None:
-    nc = await nats.connect(nats_url)
+async def test_a_live_follower_reads_the_turn_from_its_subscription(nc: Any) -> None:
     js = nc.jetstream()
-    await ensure_layout(js)
     await publish(js, "live1", [1, 2])  # an earlier turn
     async with Follower(js, "live1", None, nc=nc) as follower:
         follower.begin_after(2)
@@ -87,13 +91,10 @@ async def test_a_live_follower_reads_the_turn_from_its_subscription(nats_url: st
         assert follower.live
         assert follower.ready() is False
         assert await follower.next(0.2) is None
-    await nc.close()
 
 
-async def test_a_live_follower_that_missed_an_event_reads_it_from_the_log(nats_url: str) -> None:
-    nc = await nats.connect(nats_url)
+async def test_a_live_follower_that_missed_an_event_reads_it_from_the_log(nc: Any) -> None:
     js = nc.jetstream()
-    await ensure_layout(js)
     # Seq 1 is stored before the subscription exists: the live source never sees it, as if
     # NATS had dropped it for a slow subscriber.
     await publish(js, "live2", [1])
@@ -104,16 +105,12 @@ async def test_a_live_follower_that_missed_an_event_reads_it_from_the_log(nats_u
         assert not follower.live  # it fell back to the log, and goes on from there
         await publish(js, "live2", [4])
         assert await read(follower, 1) == [4]
-    await nc.close()
 
 
-async def test_a_quiet_live_follower_finds_a_missed_last_event_in_the_log(nats_url: str) -> None:
-    nc = await nats.connect(nats_url)
+async def test_a_quiet_live_follower_finds_a_missed_last_event_in_the_log(nc: Any) -> None:
     js = nc.jetstream()
-    await ensure_layout(js)
     await publish(js, "live3", [1, 2])  # 2 is the missed one: nothing comes after it
     async with Follower(js, "live3", None, nc=nc) as follower:
         follower.begin_after(1)
         assert await read(follower, 1, timeout=LIVE_CHECK_MIN_S) == [2]
         assert not follower.live
-    await nc.close()

@@ -35,6 +35,19 @@ async def draining(rig: Rig, runner_id: str) -> RunnerAdvert:
     return await eventually(check, f"{runner_id} to advertise draining")
 
 
+async def endless_turn_cut_by_sigterm(rig: Rig, sid: str, proc: Proc) -> list[Frame]:
+    """Send `sid` an endless turn and SIGTERM its runner at the first text; every frame read."""
+    got: list[Frame] = []
+    async with rig.http.post(f"{rig.url}/api/sessions/{sid}/messages",
+                             json={"content": "sleep:120 an endless story"}) as resp:
+        async for f in frames(resp):
+            got.append(f)
+            if f.event == "text_delta" and proc.popen.returncode is None and \
+                    sum(x.event == "text_delta" for x in got) == 1:
+                proc.popen.send_signal(signal.SIGTERM)
+    return got
+
+
 def shutdown_lines(proc: Proc) -> list[str]:
     """The runner's log from its drain on: each close step says how it ended."""
     lines = []
@@ -110,14 +123,7 @@ async def test_a_turn_past_the_drain_deadline_is_interrupted_and_says_why(tmp_pa
         sid = (await rig.create())["id"]
         assert text_of(await rig.turn(sid, f"Remember the word {word}")) == \
             f"I will remember the word {word}."
-        got: list[Frame] = []
-        async with rig.http.post(f"{rig.url}/api/sessions/{sid}/messages",
-                                 json={"content": "sleep:120 an endless story"}) as resp:
-            async for f in frames(resp):
-                got.append(f)
-                if f.event == "text_delta" and proc.popen.returncode is None and \
-                        sum(x.event == "text_delta" for x in got) == 1:
-                    proc.popen.send_signal(signal.SIGTERM)
+        got = await endless_turn_cut_by_sigterm(rig, sid, proc)
         assert [f.event for f in got[-2:]] == ["error", "done"]
         error = got[-2].data["error"]
         assert error["code"] == ErrorCode.interrupted and error["retryable"] is True
@@ -171,14 +177,7 @@ async def test_a_drained_runner_exits_with_a_metrics_client_connected_and_a_turn
         async with aiohttp.ClientSession() as scraper:
             async with scraper.get(f"http://127.0.0.1:{port}/metrics") as r:
                 assert r.status == 200 and "ash_runner_sessions" in await r.text()
-            got: list[Frame] = []
-            async with rig.http.post(f"{rig.url}/api/sessions/{sid}/messages",
-                                     json={"content": "sleep:120 an endless story"}) as resp:
-                async for f in frames(resp):
-                    got.append(f)
-                    if f.event == "text_delta" and proc.popen.returncode is None and \
-                            sum(x.event == "text_delta" for x in got) == 1:
-                        proc.popen.send_signal(signal.SIGTERM)
+            got = await endless_turn_cut_by_sigterm(rig, sid, proc)
             assert got[-1].event == "done" and got[-1].data["reason"] == "interrupted"
             assert await rig.wait_exit(proc) == 0, proc.tail()
         assert await rig.advert("exit-a") is None  # it left the registry

@@ -32,12 +32,18 @@ async def gated_manager(release_gate: asyncio.Event, released: list[str]) -> Ses
     return mgr
 
 
+async def start_ending(mgr: SessionManager) -> asyncio.Task[None]:
+    """End s1 in the background; return once it is ending (its sandbox held at the gate)."""
+    ending = asyncio.create_task(mgr.end("s1"))
+    while not any(s.ending for s in mgr.held()):
+        await asyncio.sleep(0)  # a step of the loop: the end runs up to the gate, no timers
+    return ending
+
+
 async def test_an_ending_session_is_held_and_counted_until_its_sandbox_is_gone() -> None:
     gate, released = asyncio.Event(), []
     mgr = await gated_manager(gate, released)
-    ending = asyncio.create_task(mgr.end("s1"))
-    while not any(s.ending for s in mgr.held()):
-        await asyncio.sleep(0)
+    ending = await start_ending(mgr)
     assert [s.id for s in mgr.held()] == ["s1"]
     assert len(mgr) == 1  # its sandbox still takes a place
     gate.set()
@@ -49,9 +55,7 @@ async def test_an_ending_session_is_held_and_counted_until_its_sandbox_is_gone()
 async def test_a_session_created_again_while_its_old_sandbox_goes_is_listed_last() -> None:
     gate, released = asyncio.Event(), []
     mgr = await gated_manager(gate, released)
-    ending = asyncio.create_task(mgr.end("s1"))
-    while not any(s.ending for s in mgr.held()):
-        await asyncio.sleep(0)
+    ending = await start_ending(mgr)
     await mgr.create(CreateSession(session_id="s1", agent=AgentRef(name="a", digest="d")))
     held = mgr.held()
     assert [(s.id, s.ending) for s in held] == [("s1", True), ("s1", False)]
